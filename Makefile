@@ -1,0 +1,39 @@
+# The README's two set-up commands are `make run` and `make test`; both create
+# the virtual environment first (again only when pyproject.toml changes).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: start the service on the embedded SQLite store (./aos.db) at http://127.0.0.1:8080
+run: venv
+	$(BIN)/aos serve
+
+## lint: ruff (lint and format check) and mypy --strict on the packages
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: lint, then the whole test suite
+test: venv lint
+	$(BIN)/pytest
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

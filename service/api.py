@@ -1,0 +1,492 @@
+"""HTTP handlers of the v1 API and the operational endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from storage_adapters import NamespaceRecord, OutputFormat, StorageAdapter
+
+from . import validation
+from .auth import Action, Authenticator, Principal, issue_key
+from .clock import now_us, render_timestamp
+from .hub import Hub
+from .ids import valid_job_id, valid_namespace
+from .jobs import JobService
+from .metrics import Metrics
+from .middleware import ROUTE_KEY
+from .namespaces import NamespaceDirectory
+from .problems import Problem
+from .settings import Settings
+from .streams import StreamPlan, job_stream, wait_for_change
+from .views import (
+    etag_matches,
+    job_etag,
+    job_view,
+    namespace_view,
+    output_etag,
+    status_etag,
+    status_view,
+)
+
+__all__ = ["AppState", "JSONResponse", "routes"]
+
+_MAX_WAIT = 60.0
+
+
+@dataclass(slots=True)
+class AppState:
+    """Everything the handlers use, made in the app factory and opened by the lifespan."""
+
+    settings: Settings
+    store: StorageAdapter
+    hub: Hub
+    jobs: JobService
+    auth: Authenticator
+    namespaces: NamespaceDirectory
+    metrics: Metrics
+    openapi: dict[str, Any]
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.aos
+    return state
+
+
+# -- namespace and job resolution ---------------------------------------------------
+
+
+def resolve_namespace(
+    request: Request, principal: Principal, body_namespace: str | None = None
+) -> str:
+    """The namespace of a call: path, ``X-Namespace``, ``?namespace=``, body, the key's own."""
+    sources = (
+        ("path", request.path_params.get("namespace")),
+        ("X-Namespace header", request.headers.get("x-namespace")),
+        ("namespace parameter", request.query_params.get("namespace")),
+        ("body", body_namespace),
+    )
+    source, namespace = next(((s, n) for s, n in sources if n), ("key", principal.namespace))
+    if namespace is None:
+        raise Problem(
+            "bad-request",
+            "no namespace: use /api/v1/namespaces/{ns}/..., the X-Namespace header, "
+            "?namespace=, or a key scoped to one namespace",
+        )
+    if not valid_namespace(namespace):
+        raise Problem("bad-request", f"the namespace from the {source} is not a valid name")
+    if body_namespace is not None and body_namespace != namespace:
+        raise Problem(
+            "validation-failed",
+            f"the body names namespace {body_namespace!r} but the {source} names {namespace!r}",
+            errors=[{"pointer": "/namespace", "detail": "differs from the request's namespace"}],
+        )
+    return namespace
+
+
+async def _job_call(request: Request, action: Action) -> tuple[AppState, str, str]:
+    """Authenticate and authorise a job-scoped call: ``(state, namespace, job id)``."""
+    state = _state(request)
+    principal = await state.auth.authenticate(request)
+    namespace = resolve_namespace(request, principal)
+    principal.authorize(namespace, action)
+    job_id: str = request.path_params["job_id"]
+    if not valid_job_id(job_id):
+        raise Problem("bad-request", "the job id is not valid: ^[a-z0-9][a-z0-9._-]{0,127}$")
+    return state, namespace, job_id
+
+
+def _job_location(namespace: str, job_id: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/jobs/{job_id}"
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+async def create_job(request: Request) -> Response:
+    state = _state(request)
+    principal = await state.auth.authenticate(request)
+    body = await validation.read_json(request, state.settings.max_body_bytes)
+    raw_namespace = body.get("namespace")
+    if raw_namespace is not None and not isinstance(raw_namespace, str):
+        raw_namespace = None  # reported by parse_new_job
+    namespace = resolve_namespace(request, principal, raw_namespace)
+    principal.authorize(namespace, Action.WRITE)
+    _, new_job = validation.parse_new_job(body, state.settings)
+    record = await state.namespaces.get(namespace)
+    if record is None:
+        raise Problem(
+            "namespace-not-found",
+            f"namespace {namespace!r} does not exist; create it with "
+            f"PUT /api/v1/namespaces/{namespace}",
+        )
+    job, created = await state.jobs.create(record, new_job)
+    headers = {"Location": _job_location(namespace, job.job_id), "ETag": job_etag(job)}
+    return JSONResponse(job_view(job), status_code=201 if created else 200, headers=headers)
+
+
+async def list_jobs(request: Request) -> Response:
+    state = _state(request)
+    principal = await state.auth.authenticate(request)
+    namespace = resolve_namespace(request, principal)
+    principal.authorize(namespace, Action.READ)
+    query = validation.parse_list_query(request.query_params, alive_at=now_us())
+    # One row more than asked tells whether there is a next page.
+    page = await state.jobs.list(namespace, dataclasses.replace(query, limit=query.limit + 1))
+    items, more = page[: query.limit], len(page) > query.limit
+    next_cursor = None
+    if more:
+        last = items[-1]
+        next_cursor = validation.Cursor.encode(last.created_at, last.job_id, query.descending)
+    return JSONResponse({"items": [job_view(j) for j in items], "nextCursor": next_cursor})
+
+
+async def get_job(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.READ)
+    job = await state.jobs.get(namespace, job_id)
+    etag = job_etag(job)
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return JSONResponse(job_view(job), headers={"ETag": etag})
+
+
+async def delete_job(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.WRITE)
+    await state.jobs.delete(namespace, job_id)
+    return Response(status_code=204)
+
+
+def _parse_wait(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= _MAX_WAIT:
+        raise Problem("bad-request", f"?wait must be a number of seconds from 0 to {_MAX_WAIT:g}")
+    return wait
+
+
+async def get_status(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.READ)
+    wait = _parse_wait(request)
+    job = await state.jobs.get(namespace, job_id)
+    if_none_match = request.headers.get("if-none-match")
+    if wait > 0 and if_none_match and etag_matches(if_none_match, status_etag(job)):
+        job = await wait_for_change(state.jobs, state.hub, state.metrics, job, if_none_match, wait)
+    etag = status_etag(job)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(status_view(job), headers=headers)
+
+
+async def patch_status(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.WRITE)
+    body = await validation.read_json(request, state.settings.max_body_bytes)
+    patch = validation.parse_status_patch(body)
+    job = await state.jobs.update_status(namespace, job_id, patch)
+    return JSONResponse(status_view(job), headers={"ETag": status_etag(job)})
+
+
+async def cancel_job(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.CANCEL)
+    job = await state.jobs.cancel(namespace, job_id)
+    return JSONResponse(job_view(job), headers={"ETag": job_etag(job)})
+
+
+# -- output -------------------------------------------------------------------------
+
+
+async def append_output(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.WRITE)
+    fmt, content_type = validation.chunk_format(request.headers.get("content-type"))
+    index = validation.parse_chunk_index(request.headers.get("x-chunk-index"))
+    data = await validation.read_body(request, state.settings.max_chunk_bytes)
+    validation.check_chunk(data, fmt)
+    result = await state.jobs.append(namespace, job_id, data, fmt, content_type, index)
+    chunk = result.event
+    return JSONResponse(
+        {"seq": chunk.seq, "version": chunk.version, "index": chunk.index, "size": len(chunk.data)},
+        status_code=201 if result.created else 200,
+    )
+
+
+async def start_version(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.WRITE)
+    job = await state.jobs.start_version(namespace, job_id)
+    return JSONResponse({"version": job.current_version, "seq": job.last_seq}, status_code=201)
+
+
+def _version_param(request: Request, current: int) -> int:
+    raw = request.query_params.get("version")
+    if raw is None or raw == "":
+        return current
+    if not raw.isdigit() or int(raw) < 1:
+        raise Problem("bad-request", "?version must be a positive integer")
+    return int(raw)
+
+
+async def get_output(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.READ)
+    job = await state.jobs.get(namespace, job_id)
+    number = _version_param(request, job.current_version)
+    version = job.version(number)
+    if version is None:
+        raise Problem("version-not-found", f"job {job_id!r} has no version {number}")
+    etag = output_etag(job, version)
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    limit = state.settings.max_inline_output_bytes
+    if version.size > limit:
+        raw_url = f"{_job_location(namespace, job_id)}/output/raw?version={number}"
+        raise Problem(
+            "output-too-large",
+            f"version {number} is {version.size} bytes, over the {limit}-byte limit of this "
+            f"route; download it from {raw_url}",
+            extra={"rawUrl": raw_url},
+        )
+    data = b"".join([chunk.data async for chunk in state.jobs.output_chunks(job, number)])
+    output: Any
+    if version.format is OutputFormat.BINARY:
+        output, encoding = base64.b64encode(data).decode("ascii"), "base64"
+    else:
+        output, encoding = data.decode("utf-8"), "utf-8"
+        if version.format is OutputFormat.JSON:
+            try:
+                output, encoding = orjson.loads(data), "json"
+            except orjson.JSONDecodeError:
+                pass  # not a whole document (yet): the text as it is
+    return JSONResponse(
+        {
+            "jobId": job_id,
+            "version": number,
+            "format": version.format.value if version.format else None,
+            "contentType": version.content_type,
+            "encoding": encoding,
+            "size": version.size,
+            "chunks": version.chunks,
+            "completedAt": render_timestamp(version.completed_at),
+            "output": output,
+        },
+        headers={"ETag": etag},
+    )
+
+
+async def get_raw_output(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.READ)
+    job = await state.jobs.get(namespace, job_id)
+    number = _version_param(request, job.current_version)
+    version = job.version(number)
+    if version is None:
+        raise Problem("version-not-found", f"job {job_id!r} has no version {number}")
+    etag = output_etag(job, version)
+    headers = {"ETag": etag, "Content-Length": str(version.size)}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={"ETag": etag})
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in state.jobs.output_chunks(job, number):
+            yield chunk.data
+
+    return StreamingResponse(
+        body(),
+        headers=headers,
+        media_type=version.content_type or "application/octet-stream",
+    )
+
+
+# -- streaming ----------------------------------------------------------------------
+
+
+def _stream_cursor(request: Request) -> int | None:
+    for name, raw in (
+        ("Last-Event-ID", request.headers.get("last-event-id")),
+        ("lastEventId", request.query_params.get("lastEventId")),
+    ):
+        if raw is not None and raw.strip() != "":
+            if not raw.strip().isdigit():
+                raise Problem("bad-request", f"{name} must be a non-negative integer (a seq)")
+            return int(raw)
+    return None
+
+
+async def stream_job(request: Request) -> Response:
+    state, namespace, job_id = await _job_call(request, Action.READ)
+    cursor = _stream_cursor(request)
+    start = request.query_params.get("from")
+    if start not in (None, "", "latest", "beginning"):
+        raise Problem("bad-request", "?from must be 'latest' or 'beginning'")
+    job = await state.jobs.get(namespace, job_id)
+    if cursor is None:
+        cursor = job.last_seq if start == "latest" else 0
+    if job.terminal and cursor == job.last_seq:
+        # Nothing left to send, ever: 204 also tells EventSource to stop reconnecting.
+        return Response(status_code=204)
+    plan = StreamPlan(cursor)
+    if cursor > job.last_seq:
+        plan = StreamPlan(0, "cursor-ahead")
+    settings = state.settings
+    return EventSourceResponse(
+        job_stream(state.jobs, state.hub, state.metrics, job, plan),
+        ping=settings.sse_heartbeat,
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+        sep="\n",
+        send_timeout=60,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+# -- namespaces and keys ------------------------------------------------------------
+
+
+async def _admin_call(request: Request) -> tuple[AppState, str]:
+    state = _state(request)
+    principal = await state.auth.authenticate(request)
+    namespace: str = request.path_params["namespace"]
+    if not valid_namespace(namespace):
+        raise Problem("bad-request", "namespace names match ^[a-z0-9][a-z0-9._-]{0,62}$")
+    principal.authorize(namespace, Action.ADMIN)
+    return state, namespace
+
+
+async def put_namespace(request: Request) -> Response:
+    state, name = await _admin_call(request)
+    body = await validation.read_json(request, state.settings.max_body_bytes, allow_empty=True)
+    config = validation.parse_namespace_config(body)
+    existing = await state.store.get_namespace(name)
+    now = now_us()
+    record = NamespaceRecord(name, config, existing.created_at if existing else now, now)
+    await state.namespaces.put(record)
+    return JSONResponse(namespace_view(record), status_code=200 if existing else 201)
+
+
+async def get_namespace(request: Request) -> Response:
+    state, name = await _admin_call(request)
+    record = await state.store.get_namespace(name)
+    if record is None:
+        raise Problem("namespace-not-found", f"namespace {name!r} does not exist")
+    return JSONResponse(namespace_view(record))
+
+
+async def create_key(request: Request) -> Response:
+    state, name = await _admin_call(request)
+    body = await validation.read_json(request, state.settings.max_body_bytes)
+    role = validation.parse_key_request(body)
+    if await state.namespaces.get(name) is None:
+        raise Problem(
+            "namespace-not-found",
+            f"namespace {name!r} does not exist; create it with PUT /api/v1/namespaces/{name}",
+        )
+    record, token = issue_key(name, role)
+    await state.store.create_key(record)
+    return JSONResponse(
+        {
+            "keyId": record.key_id,
+            "key": token,
+            "namespace": name,
+            "role": role.value,
+            "createdAt": render_timestamp(record.created_at),
+        },
+        status_code=201,
+    )
+
+
+# -- operations ---------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    try:
+        async with asyncio.timeout(2):
+            await state.store.ping()
+    except Exception as exc:  # every failure means "not ready"
+        raise Problem("store-unavailable", f"the store does not answer: {exc}") from None
+    return JSONResponse({"status": "ready", "store": state.store.url.scheme})
+
+
+async def metrics(request: Request) -> Response:
+    registry = _state(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(_state(request).openapi)
+
+
+# -- routing ------------------------------------------------------------------------
+
+
+class _Route(Route):
+    """A route that records its path template for metrics and logs."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[ROUTE_KEY] = self.path
+        await super().handle(scope, receive, send)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+#: (path below a job collection, methods and handlers)
+JOB_ROUTES: list[tuple[str, dict[str, Handler]]] = [
+    ("", {"POST": create_job, "GET": list_jobs}),
+    ("/{job_id}", {"GET": get_job, "DELETE": delete_job}),
+    ("/{job_id}/status", {"GET": get_status, "PATCH": patch_status}),
+    ("/{job_id}/cancel", {"POST": cancel_job}),
+    ("/{job_id}/output", {"POST": append_output, "GET": get_output}),
+    ("/{job_id}/output/raw", {"GET": get_raw_output}),
+    ("/{job_id}/versions", {"POST": start_version}),
+    ("/{job_id}/stream", {"GET": stream_job}),
+]
+
+OTHER_ROUTES: list[tuple[str, dict[str, Handler]]] = [
+    ("/api/v1/namespaces/{namespace}", {"PUT": put_namespace, "GET": get_namespace}),
+    ("/api/v1/namespaces/{namespace}/keys", {"POST": create_key}),
+    ("/healthz", {"GET": healthz}),
+    ("/readyz", {"GET": readyz}),
+    ("/metrics", {"GET": metrics}),
+    ("/openapi.json", {"GET": openapi}),
+]
+
+
+def route_table() -> list[tuple[str, str, Handler]]:
+    """Every ``(path, method, handler)`` the app serves; the OpenAPI test checks it."""
+    table: list[tuple[str, str, Handler]] = []
+    for prefix in ("/api/v1/jobs", "/api/v1/namespaces/{namespace}/jobs"):
+        for suffix, handlers in JOB_ROUTES:
+            table.extend((prefix + suffix, m, h) for m, h in handlers.items())
+    for path, handlers in OTHER_ROUTES:
+        table.extend((path, m, h) for m, h in handlers.items())
+    return table
+
+
+def routes() -> list[BaseRoute]:
+    out: list[BaseRoute] = []
+    for path, method, handler in route_table():
+        out.append(_Route(path, handler, methods=[method]))
+    return out

@@ -1,0 +1,106 @@
+"""The Starlette app factory and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from storage_adapters import StorageAdapter, adapter_for
+
+from .api import AppState, routes
+from .auth import Authenticator
+from .hub import Hub
+from .jobs import JobService
+from .logs import log_event
+from .metrics import Metrics
+from .middleware import RequestMiddleware
+from .namespaces import NamespaceDirectory
+from .openapi import build_openapi
+from .problems import exception_handlers
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("aos.app")
+
+
+async def _watch_store(state: AppState) -> None:
+    """Ping the store periodically: the ``aos_store_up`` gauge and outage logs."""
+    up: bool | None = None
+    while True:
+        try:
+            async with asyncio.timeout(max(state.settings.store_check_interval, 1.0)):
+                await state.store.ping()
+            healthy = True
+        except Exception as exc:
+            healthy = False
+            detail = str(exc)
+        if healthy != up:
+            state.metrics.store_up.set(1 if healthy else 0)
+            if healthy:
+                log_event(logger, "store.up", store=state.store.url.scheme)
+            else:
+                log_event(logger, "store.down", logging.WARNING, detail=detail)
+            up = healthy
+        await asyncio.sleep(state.settings.store_check_interval)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: StorageAdapter | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Starlette:
+    """A ready-to-serve app; the store opens when the app starts (lifespan)."""
+    store = store if store is not None else adapter_for(settings.storage_url)
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    hub = Hub(
+        max_events=settings.subscriber_queue_events,
+        max_bytes=settings.subscriber_queue_bytes,
+    )
+    state = AppState(
+        settings=settings,
+        store=store,
+        hub=hub,
+        jobs=JobService(
+            store,
+            hub,
+            metrics,
+            max_versions=settings.max_versions,
+            default_retention=settings.default_retention,
+        ),
+        auth=Authenticator(store, settings.admin_token, settings.key_cache_seconds),
+        namespaces=NamespaceDirectory(store, ttl=settings.key_cache_seconds),
+        metrics=metrics,
+        openapi=build_openapi(),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        log_event(logger, "store.opened", store=store.url.redacted())
+        watcher = asyncio.create_task(_watch_store(state), name="aos-store-watch")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            hub.close_all()
+            await store.close()
+            log_event(logger, "store.closed")
+
+    app = Starlette(
+        routes=routes(),
+        middleware=[Middleware(RequestMiddleware, metrics=metrics, access_log=settings.access_log)],
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+    )
+    app.state.aos = state
+    return app

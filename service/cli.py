@@ -1,0 +1,127 @@
+"""``aos``: the command line.
+
+``aos serve`` runs the service (uvicorn with uvloop and httptools);
+``aos migrate`` brings the store's schema up to date and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from storage_adapters import ConfigurationError, adapter_for
+
+from . import __version__
+from .logs import configure_logging, log_event
+from .settings import Secret, Settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("aos.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aos", description="Async Output Service")
+    parser.add_argument("--version", action="version", version=f"aos {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--host", help="interface to listen on (AOS_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (AOS_PORT, default 8080)")
+    serve.add_argument(
+        "--storage-url",
+        help="store URL (AOS_STORAGE_URL, default sqlite:///aos.db): sqlite:///path, memory://",
+    )
+    serve.add_argument("--log-level", help="debug, info, warning, error (AOS_LOG_LEVEL)")
+    serve.add_argument(
+        "--no-access-log", action="store_true", help="do not log each request (AOS_ACCESS_LOG)"
+    )
+
+    migrate = commands.add_parser("migrate", help="apply schema migrations to the store")
+    migrate.add_argument("--storage-url", help="store URL (AOS_STORAGE_URL)")
+    return parser
+
+
+def _admin_token(settings: Settings) -> Settings:
+    """Settings with an admin token: configured, read from the token file, or new.
+
+    A new token is written to ``admin_token_file`` (mode 600) and printed once,
+    so a first ``aos serve`` works with no configuration and keeps its token
+    across restarts.
+    """
+    if settings.admin_token:
+        return settings
+    path = Path(settings.admin_token_file)
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            log_event(logger, "admin_token.loaded", file=str(path))
+            return settings.with_overrides(admin_token=Secret(token))
+    token = "aos_admin_" + secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    print(
+        f"aos: generated an admin token (saved to {path}; set AOS_ADMIN_TOKEN to choose "
+        f"your own):\n\n    {token}\n",
+        flush=True,
+    )
+    return settings.with_overrides(admin_token=Secret(token))
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    log_config = configure_logging(settings.log_level)
+    settings = _admin_token(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=log_config,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+async def _migrate(settings: Settings) -> None:
+    store = adapter_for(settings.storage_url)
+    await store.open()
+    await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {"storage_url": getattr(args, "storage_url", None)}
+        if args.command == "serve":
+            overrides |= {"host": args.host, "port": args.port, "log_level": args.log_level}
+            if args.no_access_log:
+                overrides["access_log"] = False
+        settings = Settings.from_env(**overrides)
+        if args.command == "serve":
+            adapter_for(settings.storage_url)  # fail now on a bad URL or a missing extra
+            return _serve(settings)
+        configure_logging(settings.log_level)
+        asyncio.run(_migrate(settings))
+        log_event(logger, "store.migrated", store=settings.storage_url)
+        return 0
+    except ConfigurationError as exc:
+        print(f"aos: {exc}", file=sys.stderr)
+        return 2

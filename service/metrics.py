@@ -1,0 +1,73 @@
+"""Prometheus metrics, registered on a registry the app is given."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.request_duration = Histogram(
+            "aos_http_request_duration_seconds",
+            "Time from request start to the response headers, by route template.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.jobs = Counter(
+            "aos_jobs",
+            "Jobs that entered each status on this node.",
+            ["status"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "aos_events",
+            "Log entries appended on this node, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.appended_bytes = Counter(
+            "aos_appended_bytes",
+            "Output bytes appended on this node.",
+            registry=registry,
+        )
+        self.open_streams = Gauge(
+            "aos_open_streams",
+            "SSE streams open on this node.",
+            registry=registry,
+        )
+        self.waiting_polls = Gauge(
+            "aos_waiting_long_polls",
+            "Long-poll requests waiting for a change on this node.",
+            registry=registry,
+        )
+        self.lagged = Counter(
+            "aos_stream_catchups",
+            "Times a live subscriber fell behind and caught up from the store.",
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "aos_store_up",
+            "1 while the store answers the periodic health check, else 0.",
+            registry=registry,
+        )

@@ -1,0 +1,88 @@
+"""The one ASGI middleware every request passes: request id, metrics, access log.
+
+* ``X-Request-ID``: taken from the request when it is a sane token, else
+  made up; set on the response and on every log line of the request.
+* Latency: time to the response headers, by route template, so streams do
+  not distort the histogram.
+* An exception that escapes the app becomes a ``500`` problem response that
+  still carries the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .ids import new_request_id
+from .logs import log_event, request_id_var
+from .metrics import Metrics
+from .problems import Problem, problem_response
+
+__all__ = ["ROUTE_KEY", "RequestMiddleware"]
+
+logger = logging.getLogger("aos.http")
+
+#: where routes put their path template in the scope
+ROUTE_KEY = "aos.route"
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if _REQUEST_ID_RE.fullmatch(value):
+                    request_id = value.decode("ascii")
+                break
+        if request_id is None:
+            request_id = new_request_id()
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        header = (b"x-request-id", request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+                self.metrics.request_duration.labels(
+                    scope["method"], scope.get(ROUTE_KEY, "unmatched"), str(status)
+                ).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            logger.error("unhandled error", exc_info=exc)
+            if response_started:
+                raise
+            response = problem_response(Problem("internal-error", "an unexpected error occurred"))
+            await response(scope, receive, send_with_id)
+        finally:
+            if self.access_log:
+                log_event(
+                    logger,
+                    "http.request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    route=scope.get(ROUTE_KEY),
+                    status=status,
+                    durationMs=round((time.perf_counter() - started) * 1000, 3),
+                )
+            request_id_var.reset(token)

@@ -1,0 +1,679 @@
+"""The OpenAPI 3.1 description of the API, served at ``/openapi.json``.
+
+Written by hand next to the handlers; ``tests/test_openapi.py`` checks that it
+names exactly the routes the app serves and that real responses match its
+schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+
+__all__ = ["build_openapi"]
+
+_TS = {"type": "string", "format": "date-time"}
+_TS_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_NAME = "^[a-z0-9][a-z0-9._-]{0,62}$"
+_JOB_ID = "^[a-z0-9][a-z0-9._-]{0,127}$"
+_STATUSES = ["Queued", "Running", "Succeeded", "Failed", "Cancelled"]
+_DURATION = {
+    "description": "Seconds, or an ISO-8601 duration (PT1H, P7D, P1W).",
+    "oneOf": [{"type": "number", "minimum": 1}, {"type": "string"}],
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(
+    schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+_ETAG = {"ETag": {"schema": {"type": "string"}, "description": "Entity tag of the representation"}}
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details.",
+        "required": ["type", "title", "status", "detail", "requestId"],
+        "properties": {
+            "type": {"type": "string", "description": "urn:aos:problem:<slug>"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "requestId": {"type": ["string", "null"]},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["pointer", "detail"],
+                    "properties": {"pointer": {"type": "string"}, "detail": {"type": "string"}},
+                },
+            },
+            "rawUrl": {"type": "string"},
+        },
+    },
+    "Metadata": {
+        "type": "object",
+        "description": "title, description and tags, plus any other JSON fields (size-limited).",
+        "properties": {
+            "title": {"type": "string", "maxLength": 256},
+            "description": {"type": "string", "maxLength": 4096},
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[A-Za-z0-9._:/=+@-]{1,64}$"},
+            },
+        },
+    },
+    "RetentionPolicy": {
+        "type": "object",
+        "required": ["ttl"],
+        "additionalProperties": False,
+        "properties": {"ttl": _DURATION},
+    },
+    "CreateJob": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "namespace": {"type": "string", "pattern": _NAME},
+            "jobId": {"type": "string", "pattern": _JOB_ID},
+            "metadata": _ref("Metadata"),
+            "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+            "retentionPolicy": {"oneOf": [_ref("RetentionPolicy"), {"type": "null"}]},
+        },
+    },
+    "JobError": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {
+            "message": {"type": "string"},
+            "code": {"type": "string"},
+            "details": {},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": [
+            "namespace",
+            "jobId",
+            "status",
+            "progress",
+            "estimatedCompletion",
+            "metadata",
+            "webhookUrl",
+            "retentionPolicy",
+            "createdAt",
+            "updatedAt",
+            "startedAt",
+            "completedAt",
+            "error",
+            "currentVersion",
+            "lastSeq",
+            "expiresAt",
+        ],
+        "properties": {
+            "namespace": {"type": "string", "pattern": _NAME},
+            "jobId": {"type": "string", "pattern": _JOB_ID},
+            "status": {"enum": _STATUSES},
+            "progress": {"type": "number", "minimum": 0, "maximum": 100},
+            "estimatedCompletion": _TS_OR_NULL,
+            "metadata": _ref("Metadata"),
+            "webhookUrl": {"type": ["string", "null"]},
+            "retentionPolicy": {
+                "type": "object",
+                "required": ["ttl"],
+                "properties": {"ttl": {"type": ["integer", "null"]}},
+            },
+            "createdAt": _TS,
+            "updatedAt": _TS,
+            "startedAt": _TS_OR_NULL,
+            "completedAt": _TS_OR_NULL,
+            "error": {"oneOf": [_ref("JobError"), {"type": "null"}]},
+            "currentVersion": {"type": "integer", "minimum": 1},
+            "lastSeq": {"type": "integer", "minimum": 1},
+            "expiresAt": _TS_OR_NULL,
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["items", "nextCursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("Job")},
+            "nextCursor": {"type": ["string", "null"]},
+        },
+    },
+    "JobStatus": {
+        "type": "object",
+        "required": ["jobId", "status", "progress", "estimatedCompletion", "lastSeq", "updatedAt"],
+        "properties": {
+            "jobId": {"type": "string"},
+            "status": {"enum": _STATUSES},
+            "progress": {"type": "number", "minimum": 0, "maximum": 100},
+            "estimatedCompletion": _TS_OR_NULL,
+            "lastSeq": {"type": "integer"},
+            "updatedAt": _TS,
+        },
+    },
+    "StatusPatch": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "status": {"enum": _STATUSES},
+            "progress": {"type": "number", "minimum": 0, "maximum": 100},
+            "estimatedCompletion": _TS_OR_NULL,
+            "error": {"oneOf": [{"type": "string"}, _ref("JobError")]},
+        },
+    },
+    "AppendResult": {
+        "type": "object",
+        "required": ["seq", "version", "index", "size"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "version": {"type": "integer"},
+            "index": {"type": "integer", "minimum": 0},
+            "size": {"type": "integer", "minimum": 1},
+        },
+    },
+    "NewVersion": {
+        "type": "object",
+        "required": ["version", "seq"],
+        "properties": {"version": {"type": "integer"}, "seq": {"type": "integer"}},
+    },
+    "Output": {
+        "type": "object",
+        "required": [
+            "jobId",
+            "version",
+            "format",
+            "contentType",
+            "encoding",
+            "size",
+            "chunks",
+            "completedAt",
+            "output",
+        ],
+        "properties": {
+            "jobId": {"type": "string"},
+            "version": {"type": "integer"},
+            "format": {"enum": ["text", "json", "binary", None]},
+            "contentType": {"type": ["string", "null"]},
+            "encoding": {
+                "enum": ["utf-8", "base64", "json"],
+                "description": "utf-8: output is the text; base64: the bytes in base64; "
+                "json: output is the parsed JSON document",
+            },
+            "size": {"type": "integer"},
+            "chunks": {"type": "integer"},
+            "completedAt": _TS_OR_NULL,
+            "output": {},
+        },
+    },
+    "NamespaceConfig": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "defaultRetentionPolicy": {"oneOf": [_ref("RetentionPolicy"), {"type": "null"}]},
+            "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+        },
+    },
+    "Namespace": {
+        "type": "object",
+        "required": ["name", "defaultRetentionPolicy", "webhookUrl", "createdAt", "updatedAt"],
+        "properties": {
+            "name": {"type": "string", "pattern": _NAME},
+            "defaultRetentionPolicy": {
+                "type": ["object", "null"],
+                "properties": {"ttl": {"type": "integer"}},
+            },
+            "webhookUrl": {"type": ["string", "null"]},
+            "createdAt": _TS,
+            "updatedAt": _TS,
+        },
+    },
+    "KeyRequest": {
+        "type": "object",
+        "required": ["role"],
+        "additionalProperties": False,
+        "properties": {"role": {"enum": ["admin", "producer", "consumer"]}},
+    },
+    "Key": {
+        "type": "object",
+        "required": ["keyId", "key", "namespace", "role", "createdAt"],
+        "properties": {
+            "keyId": {"type": "string"},
+            "key": {"type": "string", "description": "Shown once; only its hash is stored."},
+            "namespace": {"type": "string"},
+            "role": {"enum": ["admin", "producer", "consumer"]},
+            "createdAt": _TS,
+        },
+    },
+}
+
+_COMMON_PROBLEMS = {
+    "400": _problem("Bad request (path, query or header)"),
+    "401": _problem("Missing or invalid credentials"),
+    "403": _problem("The key may not do this in this namespace"),
+    "503": _problem("The store is unavailable; nothing was written"),
+}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "responses": {**responses, **_COMMON_PROBLEMS},
+    }
+    if parameters:
+        op["parameters"] = parameters
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _json_body(name: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_NS_HEADER = _header(
+    "X-Namespace", {"type": "string", "pattern": _NAME}, "Namespace of the call (short paths)"
+)
+_NS_QUERY = _query(
+    "namespace", {"type": "string", "pattern": _NAME}, "Namespace of the call (short paths)"
+)
+_IF_NONE_MATCH = _header("If-None-Match", {"type": "string"}, "Answer 304 if the ETag matches")
+_VERSION = _query("version", {"type": "integer", "minimum": 1}, "Output version (default: current)")
+_NOT_FOUND = _problem("No such job (or version) in the namespace")
+_CONFLICT = _problem("The change conflicts with the job's state")
+
+
+def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
+    tag = "" if short else "InNamespace"
+    extra = [_NS_HEADER, _NS_QUERY] if short else []
+    path_params = (
+        [
+            {
+                "name": "namespace",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": _NAME},
+            }
+        ]
+        if not short
+        else []
+    )
+    job_param = {
+        "name": "jobId",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": _JOB_ID},
+    }
+    jp = [*path_params, job_param, *extra]
+
+    def op(operation_id: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _operation(operation_id + tag, *args, **kwargs)
+
+    return {
+        f"{prefix}": {
+            "parameters": [*path_params, *extra],
+            "post": op(
+                "createJob",
+                "Submit a job",
+                {
+                    "201": _json(
+                        _ref("Job"),
+                        "Created",
+                        {**_ETAG, "Location": {"schema": {"type": "string"}}},
+                    ),
+                    "200": _json(_ref("Job"), "The same request made before: the existing job"),
+                    "404": _problem("No such namespace"),
+                    "409": _problem("The job id exists with a different body"),
+                    "413": _problem("Body or metadata too large"),
+                    "422": _problem("Invalid body"),
+                },
+                body=_json_body("CreateJob"),
+            ),
+            "get": op(
+                "listJobs",
+                "List jobs, newest first by default",
+                {"200": _json(_ref("JobList"), "One page")},
+                parameters=[
+                    _query("status", {"type": "string"}, "Comma-separated statuses"),
+                    _query("tag", {"type": "string"}, "Only jobs with this tag"),
+                    _query("createdAfter", _TS, "Exclusive lower bound"),
+                    _query("createdBefore", _TS, "Exclusive upper bound"),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "Page size (default 50)",
+                    ),
+                    _query("order", {"enum": ["asc", "desc"]}, "By creation time"),
+                    _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
+                ],
+            ),
+        },
+        f"{prefix}/{{jobId}}": {
+            "parameters": jp,
+            "get": op(
+                "getJob",
+                "Read a job",
+                {
+                    "200": _json(_ref("Job"), "The job", _ETAG),
+                    "304": {"description": "Not modified"},
+                    "404": _NOT_FOUND,
+                },
+                parameters=[_IF_NONE_MATCH],
+            ),
+            "delete": op(
+                "deleteJob",
+                "Delete a finished job, its output and its log",
+                {
+                    "204": {"description": "Deleted"},
+                    "404": _NOT_FOUND,
+                    "409": _problem("The job is not finished"),
+                },
+            ),
+        },
+        f"{prefix}/{{jobId}}/status": {
+            "parameters": jp,
+            "get": op(
+                "getJobStatus",
+                "Status, with ETag; long-poll with ?wait and If-None-Match",
+                {
+                    "200": _json(_ref("JobStatus"), "Status", _ETAG),
+                    "304": {"description": "Unchanged (or unchanged for the whole wait)"},
+                    "404": _NOT_FOUND,
+                },
+                parameters=[
+                    _IF_NONE_MATCH,
+                    _query(
+                        "wait",
+                        {"type": "number", "minimum": 0, "maximum": 60},
+                        "Seconds to hold the request until the ETag changes",
+                    ),
+                ],
+            ),
+            "patch": op(
+                "updateJobStatus",
+                "Change status, progress or estimated completion",
+                {
+                    "200": _json(_ref("JobStatus"), "The new status", _ETAG),
+                    "404": _NOT_FOUND,
+                    "409": _problem("Invalid transition, or the job is finished"),
+                    "413": _problem("Body too large"),
+                    "422": _problem("Invalid body"),
+                },
+                body=_json_body("StatusPatch"),
+            ),
+        },
+        f"{prefix}/{{jobId}}/cancel": {
+            "parameters": jp,
+            "post": op(
+                "cancelJob",
+                "Cancel a job",
+                {
+                    "200": _json(_ref("Job"), "Cancelled", _ETAG),
+                    "404": _NOT_FOUND,
+                    "409": _problem("The job is finished"),
+                },
+            ),
+        },
+        f"{prefix}/{{jobId}}/output": {
+            "parameters": jp,
+            "post": op(
+                "appendOutput",
+                "Append one chunk to the current version",
+                {
+                    "201": _json(_ref("AppendResult"), "Stored"),
+                    "200": _json(_ref("AppendResult"), "A retry of a stored X-Chunk-Index"),
+                    "404": _NOT_FOUND,
+                    "409": _CONFLICT,
+                    "413": _problem("Chunk too large"),
+                    "415": _problem("Text or JSON in a charset other than UTF-8"),
+                    "422": _problem("Empty chunk, or text/JSON that is not UTF-8"),
+                },
+                parameters=[
+                    _header(
+                        "X-Chunk-Index",
+                        {"type": "integer", "minimum": 0},
+                        "Position of the chunk in its version, for safe retries",
+                    )
+                ],
+                body={
+                    "required": True,
+                    "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "application/json": {"schema": {"type": "string"}},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+            ),
+            "get": op(
+                "getOutput",
+                "The output of one version as JSON",
+                {
+                    "200": _json(_ref("Output"), "Output", _ETAG),
+                    "304": {"description": "Not modified"},
+                    "404": _NOT_FOUND,
+                    "413": _problem("Too large for this route: use /output/raw"),
+                },
+                parameters=[_VERSION, _IF_NONE_MATCH],
+            ),
+        },
+        f"{prefix}/{{jobId}}/output/raw": {
+            "parameters": jp,
+            "get": op(
+                "getRawOutput",
+                "The bytes of one version, streamed",
+                {
+                    "200": {
+                        "description": "The bytes",
+                        "headers": _ETAG,
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "304": {"description": "Not modified"},
+                    "404": _NOT_FOUND,
+                },
+                parameters=[_VERSION, _IF_NONE_MATCH],
+            ),
+        },
+        f"{prefix}/{{jobId}}/versions": {
+            "parameters": jp,
+            "post": op(
+                "startVersion",
+                "Start a new output version",
+                {
+                    "201": _json(_ref("NewVersion"), "The new version"),
+                    "404": _NOT_FOUND,
+                    "409": _CONFLICT,
+                },
+            ),
+        },
+        f"{prefix}/{{jobId}}/stream": {
+            "parameters": jp,
+            "get": op(
+                "streamJob",
+                "Server-Sent Events: the log after the cursor, then live; `end` after the "
+                "final status",
+                {
+                    "200": {
+                        "description": "An event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "204": {"description": "The job is finished and the cursor is at its end"},
+                    "404": _NOT_FOUND,
+                },
+                parameters=[
+                    _header(
+                        "Last-Event-ID", {"type": "integer", "minimum": 0}, "Resume after this seq"
+                    ),
+                    _query(
+                        "lastEventId",
+                        {"type": "integer", "minimum": 0},
+                        "Resume after this seq (when headers cannot be set)",
+                    ),
+                    _query(
+                        "from",
+                        {"enum": ["beginning", "latest"]},
+                        "Without a cursor: the whole log (default) or only new entries",
+                    ),
+                ],
+            ),
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    ns_param = {
+        "name": "namespace",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": _NAME},
+    }
+    paths: dict[str, Any] = {
+        **_job_operations("/api/v1/jobs", short=True),
+        **_job_operations("/api/v1/namespaces/{namespace}/jobs", short=False),
+        "/api/v1/namespaces/{namespace}": {
+            "parameters": [ns_param],
+            "put": _operation(
+                "putNamespace",
+                "Create or replace a namespace's configuration",
+                {
+                    "201": _json(_ref("Namespace"), "Created"),
+                    "200": _json(_ref("Namespace"), "Replaced"),
+                    "413": _problem("Body too large"),
+                    "422": _problem("Invalid body"),
+                },
+                body=_json_body("NamespaceConfig", required=False),
+            ),
+            "get": _operation(
+                "getNamespace",
+                "Read a namespace's configuration",
+                {
+                    "200": _json(_ref("Namespace"), "The namespace"),
+                    "404": _problem("No such namespace"),
+                },
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/keys": {
+            "parameters": [ns_param],
+            "post": _operation(
+                "createKey",
+                "Create an API key (shown once)",
+                {
+                    "201": _json(_ref("Key"), "Created"),
+                    "404": _problem("No such namespace"),
+                    "422": _problem("Invalid body"),
+                },
+                body=_json_body("KeyRequest"),
+            ),
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "Alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: the store answers",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object"}, "Ready"),
+                    "503": _problem("The store does not answer"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI")},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Async Output Service",
+            "version": __version__,
+            "description": "Run long jobs and deliver their output asynchronously.",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "AOS_ADMIN_TOKEN, or a namespace key aos.<ns>.<id>.<secret>",
+                }
+            },
+        },
+    }

@@ -1,0 +1,146 @@
+"""Configuration in one place: ``AOS_*`` environment variables and CLI flags.
+
+Every setting has an environment variable; ``aos serve`` flags override them.
+Values are checked when read, so a bad setting stops the process at start
+with a message naming the variable, never later on a request.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+from storage_adapters import ConfigurationError
+
+from .durations import parse_duration
+
+__all__ = ["Secret", "Settings"]
+
+T = TypeVar("T")
+
+MIB = 1024 * 1024
+
+
+class Secret(str):
+    """A string that never shows itself in ``repr`` or logs."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (true/false)")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    return parse_duration(raw)
+
+
+def _retention(raw: str) -> int | None:
+    if raw.strip().lower() in {"", "0", "none", "forever"}:
+        return None
+    seconds = int(parse_duration(raw))
+    if seconds < 1:
+        raise ValueError("must be at least one second, or 'none' to keep jobs forever")
+    return seconds
+
+
+def _optional_secret(raw: str) -> Secret | None:
+    return Secret(raw) if raw else None
+
+
+def _env(name: str, parse: Callable[[str], T]) -> dict[str, Any]:
+    """Field metadata: the environment variable and its parser."""
+    return {"env": name, "parse": parse}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata=_env("AOS_HOST", str))
+    port: int = field(default=8080, metadata=_env("AOS_PORT", int))
+    #: the store; the default is an embedded SQLite file in the working directory
+    storage_url: str = field(default="sqlite:///aos.db", metadata=_env("AOS_STORAGE_URL", str))
+    #: root admin token; when unset, ``aos serve`` uses (or creates) ``admin_token_file``
+    admin_token: Secret | None = field(
+        default=None, metadata=_env("AOS_ADMIN_TOKEN", _optional_secret)
+    )
+    admin_token_file: str = field(
+        default=".aos-admin-token", metadata=_env("AOS_ADMIN_TOKEN_FILE", str)
+    )
+    node_id: str = field(default_factory=socket.gethostname, metadata=_env("AOS_NODE_ID", str))
+    log_level: str = field(default="info", metadata=_env("AOS_LOG_LEVEL", str))
+    access_log: bool = field(default=True, metadata=_env("AOS_ACCESS_LOG", _bool))
+
+    # -- limits on input ----------------------------------------------------
+    max_chunk_bytes: int = field(
+        default=1 * MIB, metadata=_env("AOS_MAX_CHUNK_BYTES", _positive_int)
+    )
+    max_body_bytes: int = field(
+        default=64 * 1024, metadata=_env("AOS_MAX_BODY_BYTES", _positive_int)
+    )
+    max_metadata_bytes: int = field(
+        default=16 * 1024, metadata=_env("AOS_MAX_METADATA_BYTES", _positive_int)
+    )
+    max_tags: int = field(default=32, metadata=_env("AOS_MAX_TAGS", _positive_int))
+    max_versions: int = field(default=100, metadata=_env("AOS_MAX_VERSIONS", _positive_int))
+    #: largest output the JSON ``GET …/output`` returns; bigger ones go through ``/output/raw``
+    max_inline_output_bytes: int = field(
+        default=16 * MIB, metadata=_env("AOS_MAX_INLINE_OUTPUT_BYTES", _positive_int)
+    )
+
+    # -- behaviour --------------------------------------------------------
+    #: retention after a job ends, when neither the job nor its namespace sets one
+    default_retention: int | None = field(
+        default=7 * 86_400, metadata=_env("AOS_DEFAULT_RETENTION", _retention)
+    )
+    sse_heartbeat: float = field(default=15.0, metadata=_env("AOS_SSE_HEARTBEAT", _seconds))
+    #: a live subscriber holds at most this many events / bytes before it is
+    #: switched to catching up from the store
+    subscriber_queue_events: int = field(
+        default=256, metadata=_env("AOS_SUBSCRIBER_QUEUE_EVENTS", _positive_int)
+    )
+    subscriber_queue_bytes: int = field(
+        default=1 * MIB, metadata=_env("AOS_SUBSCRIBER_QUEUE_BYTES", _positive_int)
+    )
+    #: how long a verified API key is trusted before it is looked up again
+    key_cache_seconds: float = field(default=10.0, metadata=_env("AOS_KEY_CACHE", _seconds))
+    store_check_interval: float = field(
+        default=5.0, metadata=_env("AOS_STORE_CHECK_INTERVAL", _seconds)
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``), then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{name}={raw!r}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,62 @@
+"""Pluggable durable state for the Async Output Service.
+
+``adapter_for(url)`` picks the adapter by URL scheme and imports its driver
+only then; :class:`StorageAdapter` is the contract every store implements.
+"""
+
+from .base import Capability, StorageAdapter, StoreURL
+from .errors import (
+    AlreadyExists,
+    AOSError,
+    ConfigurationError,
+    Conflict,
+    CorruptData,
+    MissingExtra,
+    NotFound,
+    RevisionConflict,
+    StoreError,
+    StoreUnavailable,
+    UnknownScheme,
+)
+from .records import (
+    TERMINAL_STATUSES,
+    EventKind,
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    JobStatus,
+    KeyRecord,
+    NamespaceRecord,
+    OutputFormat,
+    VersionRecord,
+)
+from .registry import adapter_for, supported_schemes
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "AOSError",
+    "AlreadyExists",
+    "Capability",
+    "ConfigurationError",
+    "Conflict",
+    "CorruptData",
+    "EventKind",
+    "EventRecord",
+    "JobQuery",
+    "JobRecord",
+    "JobStatus",
+    "KeyRecord",
+    "MissingExtra",
+    "NamespaceRecord",
+    "NotFound",
+    "OutputFormat",
+    "RevisionConflict",
+    "StorageAdapter",
+    "StoreError",
+    "StoreURL",
+    "StoreUnavailable",
+    "UnknownScheme",
+    "VersionRecord",
+    "adapter_for",
+    "supported_schemes",
+]

@@ -1,0 +1,322 @@
+"""The ``StorageAdapter`` contract.
+
+Every store implements the same small set of primitives, chosen so that each
+of SQLite, PostgreSQL, MySQL, Cassandra, MongoDB and DynamoDB does them well:
+
+* atomic writes within one job: a job row together with the log entries the
+  change appends (one partition, one document, or one transaction);
+* conditional create of a job, and compare-and-set on its ``revision``;
+* range reads of the log by ``(namespace, job, seq)`` and of a version's
+  chunks by ``(namespace, job, version, index)``;
+* keyset-paginated listing of one namespace;
+* nothing ever spans two jobs.
+
+The public methods here check the caller's side of the contract and translate
+driver errors (see :mod:`storage_adapters.errors`); the adapters implement the
+``_underscored`` methods. A store's extra abilities are declared in
+:attr:`StorageAdapter.capabilities`, never silently assumed.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+from .errors import ConfigurationError, StoreError, StoreUnavailable
+from .records import EventKind, EventRecord, JobQuery, JobRecord, KeyRecord, NamespaceRecord
+
+__all__ = ["Capability", "StorageAdapter", "StoreURL", "shielded"]
+
+T = TypeVar("T")
+
+
+async def shielded(work: Awaitable[T]) -> T:
+    """Await ``work`` so that cancelling the caller does not cancel it.
+
+    On cancellation the caller still waits for ``work`` to finish (so locks
+    it holds are not released under it) and then re-raises the cancellation.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # the caller is gone; mark the outcome as seen
+        raise
+
+
+class Capability(StrEnum):
+    """What a store can do beyond the contract."""
+
+    #: writes of several rows commit together in one transaction
+    TRANSACTIONS = "transactions"
+    #: the store expires rows on its own (a backstop for the janitor)
+    NATIVE_TTL = "native-ttl"
+    #: data is lost when the process ends (tests only)
+    EPHEMERAL = "ephemeral"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    """A parsed ``AOS_STORAGE_URL``."""
+
+    raw: str
+    scheme: str
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    password: str | None = None
+    path: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, url: str) -> StoreURL:
+        parts = urlsplit(url)
+        if not parts.scheme:
+            raise ConfigurationError(f"storage URL {url!r} has no scheme (like sqlite:///aos.db)")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"storage URL {url!r} has an invalid port") from exc
+        path = unquote(parts.path)
+        if parts.scheme.startswith("sqlite"):
+            # sqlite:///rel/path -> "rel/path"; sqlite:////abs/path -> "/abs/path"
+            path = path[1:] if path.startswith("/") else path
+        return cls(
+            raw=url,
+            scheme=parts.scheme.lower(),
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            path=path,
+            options=dict(parse_qsl(parts.query, keep_blank_values=True)),
+        )
+
+    def redacted(self) -> str:
+        """The URL without its password, for logs."""
+        parts = urlsplit(self.raw)
+        if parts.password is None:
+            return self.raw
+        netloc = parts.netloc.rpartition("@")
+        userinfo = netloc[0].partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[2]}"))
+
+
+def _check_new_events(job: JobRecord, events: Sequence[EventRecord]) -> None:
+    """The events end at ``job.last_seq`` and are contiguous."""
+    if not events:
+        raise ValueError("a job write appends at least one event")
+    first = job.last_seq - len(events) + 1
+    for offset, event in enumerate(events):
+        if event.seq != first + offset:
+            raise ValueError(
+                f"event seqs must be contiguous and end at last_seq={job.last_seq}; "
+                f"got {[e.seq for e in events]}"
+            )
+        if event.kind is EventKind.CHUNK and (event.version < 1 or event.index < 0):
+            raise ValueError("a chunk event needs its version and index")
+
+
+class StorageAdapter(abc.ABC):
+    """Durable state of the service: namespaces, keys, jobs and their logs."""
+
+    #: URL schemes this adapter serves
+    schemes: ClassVar[tuple[str, ...]]
+    #: abilities beyond the contract
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, url: StoreURL) -> None:
+        self.url = url
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+        with self._translated():
+            await self._open()
+
+    async def close(self) -> None:
+        with self._translated():
+            await self._close()
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers a trivial query."""
+        with self._translated():
+            await self._ping()
+
+    # -- namespaces and keys ----------------------------------------------
+
+    async def put_namespace(self, namespace: NamespaceRecord) -> None:
+        """Create or replace a namespace's configuration."""
+        with self._translated():
+            await self._put_namespace(namespace)
+
+    async def get_namespace(self, name: str) -> NamespaceRecord | None:
+        with self._translated():
+            return await self._get_namespace(name)
+
+    async def create_key(self, key: KeyRecord) -> None:
+        """Store a new API key; :class:`AlreadyExists` if its id is taken."""
+        with self._translated():
+            await self._create_key(key)
+
+    async def get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
+        with self._translated():
+            return await self._get_key(namespace, key_id)
+
+    # -- jobs --------------------------------------------------------------
+
+    async def create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+        """Insert a new job with the first entries of its log, atomically.
+
+        Raises :class:`AlreadyExists` when the namespace holds the job id.
+        """
+        if job.revision != 1:
+            raise ValueError("a new job starts at revision 1")
+        if events and events[0].seq != 1:
+            raise ValueError("a new job's log starts at seq 1")
+        _check_new_events(job, events)
+        with self._translated():
+            await self._create_job(job, events)
+
+    async def get_job(self, namespace: str, job_id: str) -> JobRecord | None:
+        with self._translated():
+            return await self._get_job(namespace, job_id)
+
+    async def update_job(
+        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+    ) -> None:
+        """Replace the job row and append ``events`` to its log, atomically,
+        if the stored revision is still ``expected_revision``.
+
+        Raises :class:`RevisionConflict` when it is not, :class:`NotFound` when
+        the job is gone. Either way nothing is written.
+        """
+        if job.revision != expected_revision + 1:
+            raise ValueError("an update moves the revision forward by exactly one")
+        _check_new_events(job, events)
+        with self._translated():
+            await self._update_job(job, events, expected_revision)
+
+    async def delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None:
+        """Remove the job, its log and its output if the revision still matches."""
+        with self._translated():
+            await self._delete_job(namespace, job_id, expected_revision)
+
+    async def read_events(
+        self, namespace: str, job_id: str, after_seq: int, limit: int
+    ) -> list[EventRecord]:
+        """Committed log entries with ``seq > after_seq``, ascending, at most ``limit``."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        with self._translated():
+            return await self._read_events(namespace, job_id, after_seq, limit)
+
+    async def read_chunks(
+        self, namespace: str, job_id: str, version: int, after_index: int, limit: int
+    ) -> list[EventRecord]:
+        """Chunks of one version with ``index > after_index``, ascending, at most ``limit``."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        with self._translated():
+            return await self._read_chunks(namespace, job_id, version, after_index, limit)
+
+    async def find_chunk(
+        self, namespace: str, job_id: str, version: int, index: int
+    ) -> EventRecord | None:
+        with self._translated():
+            return await self._find_chunk(namespace, job_id, version, index)
+
+    async def list_jobs(self, namespace: str, query: JobQuery) -> list[JobRecord]:
+        """One page of jobs matching ``query`` (see :class:`JobQuery`)."""
+        if query.limit < 1:
+            raise ValueError("limit must be positive")
+        with self._translated():
+            return await self._list_jobs(namespace, query)
+
+    # -- error translation -------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (StoreError, ValueError):
+            raise
+        except Exception as exc:
+            mapped = self._translate(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _translate(self, exc: Exception) -> StoreError | None:
+        """Map a driver exception onto the error tree; ``None`` lets it through.
+
+        Adapters extend this; the default treats network failures and
+        timeouts as the store being unavailable.
+        """
+        if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError):
+            return StoreUnavailable(f"{type(exc).__name__}: {exc}")
+        return None
+
+    # -- what each adapter implements ---------------------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _ping(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _put_namespace(self, namespace: NamespaceRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def _get_namespace(self, name: str) -> NamespaceRecord | None: ...
+
+    @abc.abstractmethod
+    async def _create_key(self, key: KeyRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None: ...
+
+    @abc.abstractmethod
+    async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def _update_job(
+        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def _delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None: ...
+
+    @abc.abstractmethod
+    async def _read_events(
+        self, namespace: str, job_id: str, after_seq: int, limit: int
+    ) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def _read_chunks(
+        self, namespace: str, job_id: str, version: int, after_index: int, limit: int
+    ) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def _find_chunk(
+        self, namespace: str, job_id: str, version: int, index: int
+    ) -> EventRecord | None: ...
+
+    @abc.abstractmethod
+    async def _list_jobs(self, namespace: str, query: JobQuery) -> list[JobRecord]: ...
