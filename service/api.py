@@ -17,7 +17,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from storage_adapters import NamespaceRecord, OutputFormat, StorageAdapter
+from storage_adapters import (
+    JobRecord,
+    NamespaceRecord,
+    OutputFormat,
+    StorageAdapter,
+    VersionRecord,
+)
 
 from . import validation
 from .auth import Action, Authenticator, Principal, issue_key
@@ -248,26 +254,32 @@ def _version_param(request: Request, current: int) -> int:
     return int(raw)
 
 
-async def get_output(request: Request) -> Response:
+async def _version_call(request: Request) -> tuple[AppState, JobRecord, VersionRecord, str]:
+    """A read of one output version: ``(state, job, version, its ETag)``."""
     state, namespace, job_id = await _job_call(request, Action.READ)
     job = await state.jobs.get(namespace, job_id)
     number = _version_param(request, job.current_version)
     version = job.version(number)
     if version is None:
         raise Problem("version-not-found", f"job {job_id!r} has no version {number}")
-    etag = output_etag(job, version)
+    return state, job, version, output_etag(job, version)
+
+
+async def get_output(request: Request) -> Response:
+    state, job, version, etag = await _version_call(request)
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag})
     limit = state.settings.max_inline_output_bytes
     if version.size > limit:
-        raw_url = f"{_job_location(namespace, job_id)}/output/raw?version={number}"
+        raw_url = f"{_job_location(job.namespace, job.job_id)}/output/raw?version={version.number}"
         raise Problem(
             "output-too-large",
-            f"version {number} is {version.size} bytes, over the {limit}-byte limit of this "
-            f"route; download it from {raw_url}",
+            f"version {version.number} is {version.size} bytes, over the {limit}-byte limit "
+            f"of this route; download it from {raw_url}",
             extra={"rawUrl": raw_url},
         )
-    data = b"".join([chunk.data async for chunk in state.jobs.output_chunks(job, number)])
+    chunks = state.jobs.output_chunks(job, version.number)
+    data = b"".join([chunk.data async for chunk in chunks])
     output: Any
     if version.format is OutputFormat.BINARY:
         output, encoding = base64.b64encode(data).decode("ascii"), "base64"
@@ -280,8 +292,8 @@ async def get_output(request: Request) -> Response:
                 pass  # not a whole document (yet): the text as it is
     return JSONResponse(
         {
-            "jobId": job_id,
-            "version": number,
+            "jobId": job.job_id,
+            "version": version.number,
             "format": version.format.value if version.format else None,
             "contentType": version.content_type,
             "encoding": encoding,
@@ -295,19 +307,13 @@ async def get_output(request: Request) -> Response:
 
 
 async def get_raw_output(request: Request) -> Response:
-    state, namespace, job_id = await _job_call(request, Action.READ)
-    job = await state.jobs.get(namespace, job_id)
-    number = _version_param(request, job.current_version)
-    version = job.version(number)
-    if version is None:
-        raise Problem("version-not-found", f"job {job_id!r} has no version {number}")
-    etag = output_etag(job, version)
+    state, job, version, etag = await _version_call(request)
     headers = {"ETag": etag, "Content-Length": str(version.size)}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag})
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in state.jobs.output_chunks(job, number):
+        async for chunk in state.jobs.output_chunks(job, version.number):
             yield chunk.data
 
     return StreamingResponse(

@@ -45,7 +45,7 @@ from .logs import log_event
 from .metrics import Metrics
 from .views import event_frame, terminal_status
 
-__all__ = ["AppendResult", "JobNotFound", "JobService", "NewJob", "OutputTooLarge"]
+__all__ = ["AppendResult", "JobNotFound", "JobService", "NewJob"]
 
 logger = logging.getLogger("aos.jobs")
 
@@ -56,10 +56,6 @@ _READ_BATCH = 256
 class JobNotFound(Exception):
     def __init__(self, namespace: str, job_id: str) -> None:
         super().__init__(f"job {job_id!r} does not exist in namespace {namespace!r}")
-
-
-class OutputTooLarge(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,22 +160,15 @@ class JobService:
                 return
             after_seq = batch[-1].seq
 
-    async def output_chunks(
-        self, job: JobRecord, version: int, *, max_bytes: int | None = None
-    ) -> AsyncIterator[EventRecord]:
+    async def output_chunks(self, job: JobRecord, version: int) -> AsyncIterator[EventRecord]:
         """The chunks of ``version`` as the job row saw them, in order.
 
         Chunks appended after ``job`` was read are left out, so the bytes match
-        the version's recorded size. ``max_bytes`` refuses big outputs up front.
+        the version's recorded size.
         """
         record = job.version(version)
         if record is None:
             return
-        if max_bytes is not None and record.size > max_bytes:
-            raise OutputTooLarge(
-                f"version {version} is {record.size} bytes, over the {max_bytes}-byte limit of "
-                "this route"
-            )
         after = -1
         while after + 1 < record.chunks:
             limit = min(_READ_BATCH, record.chunks - after - 1)

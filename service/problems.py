@@ -25,7 +25,7 @@ from storage_adapters import (
     StoreUnavailable,
 )
 
-from .jobs import JobNotFound, OutputTooLarge
+from .jobs import JobNotFound
 from .lifecycle import InvalidChange
 from .logs import log_event, request_id_var
 
@@ -158,10 +158,8 @@ async def _on_store_error(request: Request, exc: Exception) -> Response:
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, JobNotFound):
         return problem_response(Problem("job-not-found", str(exc)))
-    if isinstance(exc, InvalidChange):
-        return problem_response(Problem(exc.reason, str(exc)))
-    assert isinstance(exc, OutputTooLarge)
-    return problem_response(Problem("output-too-large", str(exc)))
+    assert isinstance(exc, InvalidChange)
+    return problem_response(Problem(exc.reason, str(exc)))
 
 
 #: exceptions that reach the app's edge, as problems (anything else: the
@@ -172,5 +170,4 @@ exception_handlers: dict[Any, Any] = {
     StoreError: _on_store_error,
     JobNotFound: _on_domain_error,
     InvalidChange: _on_domain_error,
-    OutputTooLarge: _on_domain_error,
 }
