@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgresql,mysql]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,8 +27,13 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## test: lint, then the whole test suite
+# Real servers the suite runs against (scripts/testenv/<name>.sh).
+TEST_SERVERS ?= postgres mariadb
+
+## test: lint, start the test servers, then the whole test suite
 test: venv lint
+	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
+	eval "$$env_lines"; \
 	$(BIN)/pytest
 
 format: venv

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from storage_adapters import StorageAdapter, adapter_for
+from storage_adapters import StorageAdapter, StoreUnavailable, adapter_for
 
 from .api import AppState, routes
 from .auth import Authenticator
@@ -51,6 +51,29 @@ async def _watch_store(state: AppState) -> None:
         await asyncio.sleep(state.settings.store_check_interval)
 
 
+async def _open_store(store: StorageAdapter, settings: Settings) -> None:
+    """Open the store, waiting (with backoff) while it cannot be reached yet.
+
+    A node may start before its database does; it waits up to
+    ``store_open_timeout`` rather than exit at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.store_open_timeout
+    delay = 0.2
+    while True:
+        try:
+            await store.open(migrate=settings.migrate_on_start)
+        except StoreUnavailable as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log_event(logger, "store.waiting", logging.WARNING, detail=str(exc), retryIn=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        log_event(logger, "store.opened", store=store.url.redacted())
+        return
+
+
 def create_app(
     settings: Settings,
     *,
@@ -58,7 +81,8 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> Starlette:
     """A ready-to-serve app; the store opens when the app starts (lifespan)."""
-    store = store if store is not None else adapter_for(settings.storage_url)
+    if store is None:
+        store = adapter_for(settings.storage_url, pool_size=settings.store_pool_size)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     hub = Hub(
         max_events=settings.subscriber_queue_events,
@@ -83,8 +107,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
-        log_event(logger, "store.opened", store=store.url.redacted())
+        await _open_store(store, settings)
         watcher = asyncio.create_task(_watch_store(state), name="aos-store-watch")
         try:
             yield

@@ -14,7 +14,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from storage_adapters import ConfigurationError, adapter_for
+from storage_adapters import ConfigurationError, StoreURL, adapter_for
 
 from . import __version__
 from .logs import configure_logging, log_event
@@ -100,10 +100,11 @@ def _serve(settings: Settings) -> int:
     return 0 if server.started else 1
 
 
-async def _migrate(settings: Settings) -> None:
+async def _migrate(settings: Settings) -> list[int]:
     store = adapter_for(settings.storage_url)
-    await store.open()
+    applied = await store.open(migrate=True)
     await store.close()
+    return applied
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             adapter_for(settings.storage_url)  # fail now on a bad URL or a missing extra
             return _serve(settings)
         configure_logging(settings.log_level)
-        asyncio.run(_migrate(settings))
-        log_event(logger, "store.migrated", store=settings.storage_url)
+        applied = asyncio.run(_migrate(settings))
+        log_event(
+            logger,
+            "store.migrated",
+            store=StoreURL.parse(settings.storage_url).redacted(),
+            applied=applied,
+        )
         return 0
     except ConfigurationError as exc:
         print(f"aos: {exc}", file=sys.stderr)

@@ -84,6 +84,14 @@ class Settings:
     admin_token_file: str = field(
         default=".aos-admin-token", metadata=_env("AOS_ADMIN_TOKEN_FILE", str)
     )
+    #: connections at most, for stores that pool them (a URL option overrides it)
+    store_pool_size: int = field(default=10, metadata=_env("AOS_STORE_POOL_SIZE", _positive_int))
+    #: apply pending schema migrations at start; off: refuse to start on an old schema
+    migrate_on_start: bool = field(default=True, metadata=_env("AOS_MIGRATE", _bool))
+    #: how long a starting node waits for an unreachable store before giving up
+    store_open_timeout: float = field(
+        default=30.0, metadata=_env("AOS_STORE_OPEN_TIMEOUT", _seconds)
+    )
     node_id: str = field(default_factory=socket.gethostname, metadata=_env("AOS_NODE_ID", str))
     log_level: str = field(default="info", metadata=_env("AOS_LOG_LEVEL", str))
     access_log: bool = field(default=True, metadata=_env("AOS_ACCESS_LOG", _bool))

@@ -133,15 +133,39 @@ class StorageAdapter(abc.ABC):
     #: abilities beyond the contract
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
-    def __init__(self, url: StoreURL) -> None:
+    def __init__(self, url: StoreURL, *, pool_size: int = 10) -> None:
+        """``pool_size``: connections at most, for stores that pool them (a URL
+        option ``pool_size`` overrides it)."""
         self.url = url
+        try:
+            self.pool_size = int(url.options.get("pool_size", pool_size))
+        except ValueError as exc:
+            raise ConfigurationError(f"pool_size must be an integer: {exc}") from exc
+        if self.pool_size < 1:
+            raise ConfigurationError("pool_size must be at least 1")
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+    async def open(self, *, migrate: bool = True) -> list[int]:
+        """Connect, and bring the schema up to date (``migrate``: the versions
+        applied are returned) or check that it is.
+
+        Raises :class:`ConfigurationError` when ``migrate`` is off and the
+        schema is behind: the service must not run on a schema it does not know.
+        """
         with self._translated():
             await self._open()
+            try:
+                pending = await self._migrate(apply=migrate)
+            except BaseException:
+                await self._close()
+                raise
+        if pending and not migrate:
+            await self.close()
+            raise ConfigurationError(
+                f"the {self.url.scheme} schema lacks migrations {pending}; run `aos migrate`"
+            )
+        return pending if migrate else []
 
     async def close(self) -> None:
         with self._translated():
@@ -273,6 +297,11 @@ class StorageAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _migrate(self, apply: bool) -> list[int]:
+        """The pending migrations, applied first when ``apply`` (safely against
+        other nodes doing the same at the same time)."""
 
     @abc.abstractmethod
     async def _ping(self) -> None: ...

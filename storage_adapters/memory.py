@@ -49,6 +49,9 @@ class MemoryAdapter(StorageAdapter):
     async def _close(self) -> None:
         pass
 
+    async def _migrate(self, apply: bool) -> list[int]:
+        return []
+
     async def _ping(self) -> None:
         await asyncio.sleep(0)
 

@@ -21,6 +21,10 @@ class _Entry:
 ADAPTERS: dict[str, _Entry] = {
     "memory": _Entry("storage_adapters.memory:MemoryAdapter", None, None),
     "sqlite": _Entry("storage_adapters.sqlite:SQLiteAdapter", None, "aiosqlite"),
+    "postgresql": _Entry("storage_adapters.postgresql:PostgreSQLAdapter", "postgresql", "asyncpg"),
+    "postgres": _Entry("storage_adapters.postgresql:PostgreSQLAdapter", "postgresql", "asyncpg"),
+    "mysql": _Entry("storage_adapters.mysql:MySQLAdapter", "mysql", "aiomysql"),
+    "mariadb": _Entry("storage_adapters.mysql:MySQLAdapter", "mysql", "aiomysql"),
 }
 
 
@@ -28,8 +32,8 @@ def supported_schemes() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def adapter_for(url: str) -> StorageAdapter:
-    """A new, unopened adapter for ``url``.
+def adapter_for(url: str, *, pool_size: int = 10) -> StorageAdapter:
+    """A new, unopened adapter for ``url`` (``pool_size``: its default pool size).
 
     Raises :class:`UnknownScheme` for a scheme no adapter serves and
     :class:`MissingExtra` (naming the extra to install) when the adapter's
@@ -56,4 +60,4 @@ def adapter_for(url: str) -> StorageAdapter:
             ) from exc
     module_name, _, class_name = entry.target.partition(":")
     cls: type[StorageAdapter] = getattr(importlib.import_module(module_name), class_name)
-    return cls(parsed)
+    return cls(parsed, pool_size=pool_size)

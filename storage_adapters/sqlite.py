@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -36,7 +36,6 @@ from .errors import (
     StoreUnavailable,
 )
 from .records import (
-    EventKind,
     EventRecord,
     JobQuery,
     JobRecord,
@@ -47,6 +46,7 @@ from .records import (
     job_to_doc,
     loads,
 )
+from .sql import EVENT_COLUMNS, Params, event_from_row, event_rows, list_jobs_sql
 
 __all__ = ["MIGRATIONS", "SQLiteAdapter"]
 
@@ -111,8 +111,6 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-_EVENT_COLUMNS = "seq, kind, at, version, chunk_index, format, data"
-
 _UNAVAILABLE_MESSAGES = (
     "database is locked",
     "database table is locked",
@@ -123,32 +121,12 @@ _UNAVAILABLE_MESSAGES = (
 )
 
 
-def _event(row: Sequence[Any]) -> EventRecord:
-    seq, kind, at, version, index, fmt, data = row
-    return EventRecord(
-        seq=seq,
-        kind=EventKind(kind),
-        at=at,
-        data=bytes(data),
-        version=version,
-        index=index,
-        format=fmt,
-    )
-
-
-def _event_rows(job: JobRecord, events: Iterable[EventRecord]) -> list[tuple[Any, ...]]:
-    return [
-        (job.namespace, job.job_id, e.seq, e.kind.value, e.at, e.version, e.index, e.format, e.data)
-        for e in events
-    ]
-
-
 class SQLiteAdapter(StorageAdapter):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.TRANSACTIONS})
 
-    def __init__(self, url: StoreURL) -> None:
-        super().__init__(url)
+    def __init__(self, url: StoreURL, *, pool_size: int = 10) -> None:
+        super().__init__(url, pool_size=pool_size)
         if not url.path or url.path == ":memory:":
             raise ConfigurationError(
                 "sqlite:// needs a file path, like sqlite:///aos.db; for a throwaway store "
@@ -156,6 +134,7 @@ class SQLiteAdapter(StorageAdapter):
             )
         self.path = Path(url.path)
         options = dict(url.options)
+        options.pop("pool_size", None)  # one writer connection, whatever the pool
         self.synchronous = options.pop("synchronous", "full").upper()
         if self.synchronous not in {"FULL", "NORMAL", "EXTRA"}:
             raise ConfigurationError("sqlite synchronous must be full, normal or extra")
@@ -191,33 +170,46 @@ class SQLiteAdapter(StorageAdapter):
     async def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect(readonly=False)
-        await self._migrate(self._writer)
         self._readers = [await self._connect(readonly=True) for _ in range(self.reader_count)]
         self._reader_cycle = itertools.cycle(self._readers)
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
+    async def _migrate(self, apply: bool) -> list[int]:
+        db = self._writer
+        assert db is not None
         await db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
         )
         rows = await db.execute_fetchall("SELECT version FROM schema_migrations")
         applied = {row[0] for row in rows}
+        pending = [version for version, _ in MIGRATIONS if version not in applied]
+        if not apply:
+            return pending
+        done = []
         for version, script in MIGRATIONS:
-            if version in applied:
+            if version not in pending:
                 continue
-            statements = [s.strip() for s in script.split(";") if s.strip()]
+            # The immediate transaction takes the write lock, so a second process
+            # migrating at the same time waits, then finds the version applied.
             await db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in statements:
-                    await db.execute(statement)
-                await db.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, int(time.time() * 1_000_000)),
+                found = await db.execute_fetchall(
+                    "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
                 )
+                if not list(found):
+                    for statement in (s.strip() for s in script.split(";")):
+                        if statement:
+                            await db.execute(statement)
+                    await db.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                        (version, int(time.time() * 1_000_000)),
+                    )
+                    done.append(version)
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
+        return done
 
     async def _close(self) -> None:
         for db in [*self._readers, self._writer]:
@@ -357,9 +349,9 @@ class SQLiteAdapter(StorageAdapter):
         self, db: aiosqlite.Connection, job: JobRecord, events: Sequence[EventRecord]
     ) -> None:
         await db.executemany(
-            f"INSERT INTO events (namespace, job_id, {_EVENT_COLUMNS}) "
+            f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _event_rows(job, events),
+            event_rows(job, events),
         )
 
     async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None:
@@ -427,21 +419,21 @@ class SQLiteAdapter(StorageAdapter):
         self, namespace: str, job_id: str, after_seq: int, limit: int
     ) -> list[EventRecord]:
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = ? AND job_id = ? "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = ? AND job_id = ? "
             "AND seq > ? ORDER BY seq LIMIT ?",
             (namespace, job_id, after_seq, limit),
         )
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def _read_chunks(
         self, namespace: str, job_id: str, version: int, after_index: int, limit: int
     ) -> list[EventRecord]:
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = ? AND job_id = ? "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = ? AND job_id = ? "
             "AND version = ? AND chunk_index > ? ORDER BY chunk_index LIMIT ?",
             (namespace, job_id, version, max(after_index, -1), limit),
         )
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def _find_chunk(
         self, namespace: str, job_id: str, version: int, index: int
@@ -449,46 +441,13 @@ class SQLiteAdapter(StorageAdapter):
         if index < 0:
             return None
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = ? AND job_id = ? "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = ? AND job_id = ? "
             "AND version = ? AND chunk_index = ?",
             (namespace, job_id, version, index),
         )
-        return _event(rows[0]) if rows else None
+        return event_from_row(rows[0]) if rows else None
 
     async def _list_jobs(self, namespace: str, query: JobQuery) -> list[JobRecord]:
-        # With a tag the scan runs over the tag index, else over the creation index;
-        # either way it is one range of (namespace, [tag,] created_at, job_id).
-        job = "j" if query.tag is not None else "o"
-        if query.tag is not None:
-            source = (
-                "job_tags AS o JOIN jobs AS j ON j.namespace = o.namespace AND j.job_id = o.job_id"
-            )
-            where = ["o.namespace = ?", "o.tag = ?"]
-            params: list[Any] = [namespace, query.tag]
-        else:
-            source = "jobs AS o"
-            where = ["o.namespace = ?"]
-            params = [namespace]
-        if query.statuses is not None:
-            where.append(f"{job}.status IN ({', '.join('?' * len(query.statuses))})")
-            params.extend(sorted(s.value for s in query.statuses))
-        if query.created_after is not None:
-            where.append("o.created_at > ?")
-            params.append(query.created_after)
-        if query.created_before is not None:
-            where.append("o.created_at < ?")
-            params.append(query.created_before)
-        if query.alive_at is not None:
-            where.append(f"({job}.expires_at IS NULL OR {job}.expires_at > ?)")
-            params.append(query.alive_at)
-        direction = "DESC" if query.descending else "ASC"
-        if query.after is not None:
-            where.append(f"(o.created_at, o.job_id) {'<' if query.descending else '>'} (?, ?)")
-            params.extend(query.after)
-        params.append(query.limit)
-        rows = await self._read(
-            f"SELECT {job}.doc FROM {source} WHERE {' AND '.join(where)} "
-            f"ORDER BY o.created_at {direction}, o.job_id {direction} LIMIT ?",
-            params,
-        )
+        params = Params("qmark")
+        rows = await self._read(list_jobs_sql(namespace, query, params), params.values)
         return [job_from_doc(loads(row[0])) for row in rows]

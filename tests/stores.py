@@ -8,14 +8,23 @@ fails under ``CI=true``.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-StoreURLFactory = Callable[[Path], AbstractAsyncContextManager[str]]
+from storage_adapters import adapter_for
+
+
+class StoreURLFactory(Protocol):
+    def __call__(
+        self, tmp_path: Path, *, empty: bool = ...
+    ) -> AbstractAsyncContextManager[str]: ...
 
 
 def in_ci() -> bool:
@@ -30,16 +39,112 @@ def require_server(reason: str) -> None:
 
 
 @asynccontextmanager
-async def memory(tmp_path: Path) -> AsyncIterator[str]:
+async def memory(tmp_path: Path, *, empty: bool = True) -> AsyncIterator[str]:
     yield "memory://"
 
 
 @asynccontextmanager
-async def sqlite(tmp_path: Path) -> AsyncIterator[str]:
+async def sqlite(tmp_path: Path, *, empty: bool = True) -> AsyncIterator[str]:
     yield f"sqlite:///{tmp_path}/conformance.db"
+
+
+_databases = itertools.count()
+_templates: set[str] = set()
+
+
+def server_url(variable: str, what: str) -> str:
+    """The URL of a test server from the environment (``make test`` sets it)."""
+    url = os.environ.get(variable)
+    if not url:
+        require_server(
+            f"{variable} is not set: start {what} with `make test` or "
+            f"scripts/testenv/ (see scripts/testenv/README-sql.md)"
+        )
+    assert url is not None
+    return url
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@asynccontextmanager
+async def postgresql(tmp_path: Path, *, empty: bool = False) -> AsyncIterator[str]:
+    """A database of its own per test, cloned from a migrated template
+    (``empty``: a new database with no schema at all)."""
+    import asyncpg
+
+    admin_url = server_url("AOS_TEST_POSTGRES_URL", "PostgreSQL")
+    template = f"aos_template_{os.getpid()}"
+    database = f"aos_test_{os.getpid()}_{next(_databases)}"
+    try:
+        admin = await asyncpg.connect(admin_url, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        require_server(f"PostgreSQL at {admin_url} is not reachable: {exc}")
+        raise
+    try:
+        if template not in _templates:
+            await admin.execute(f"DROP DATABASE IF EXISTS {template}")
+            await admin.execute(f"CREATE DATABASE {template}")
+            store = adapter_for(with_database(admin_url, template))
+            await store.open()
+            await store.close()
+            _templates.add(template)
+        source = "template0" if empty else template
+        await admin.execute(f"CREATE DATABASE {database} TEMPLATE {source}")
+    finally:
+        await admin.close()
+    yield with_database(admin_url, database)
+    admin = await asyncpg.connect(admin_url, timeout=5)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def mysql(tmp_path: Path, *, empty: bool = True) -> AsyncIterator[str]:
+    """A database of its own per test, empty (the adapter creates the schema on open)."""
+    import aiomysql
+    import pymysql
+
+    admin_url = server_url("AOS_TEST_MYSQL_URL", "MariaDB")
+    parts = urlsplit(admin_url)
+    database = f"aos_test_{os.getpid()}_{next(_databases)}"
+
+    async def execute(sql: str) -> None:
+        conn = await aiomysql.connect(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=parts.username,
+            password=parts.password or "",
+            autocommit=True,
+            connect_timeout=5,
+        )
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(sql)
+        finally:
+            conn.close()
+
+    try:
+        await execute(f"CREATE DATABASE {database}")
+    except (OSError, pymysql.err.MySQLError) as exc:
+        require_server(f"MariaDB at {admin_url} is not reachable: {exc}")
+        raise
+    yield with_database(admin_url, database)
+    await execute(f"DROP DATABASE IF EXISTS {database}")
 
 
 STORES: dict[str, StoreURLFactory] = {
     "memory": memory,
     "sqlite": sqlite,
+    "postgresql": postgresql,
+    "mysql": mysql,
+}
+
+#: stores behind a server of their own, with the script that starts and stops it
+SERVERS: dict[str, str] = {
+    "postgresql": "scripts/testenv/postgres.sh",
+    "mysql": "scripts/testenv/mariadb.sh",
 }

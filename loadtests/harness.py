@@ -1,0 +1,154 @@
+"""What every benchmark needs: the service in a process, fresh databases, results."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+__all__ = ["AosProcess", "database_url", "emit", "free_port", "percentiles"]
+
+
+def emit(system: str, scenario: str, metric: str, value: float | int | str, unit: str) -> None:
+    """One result, as one JSON line on stdout."""
+    line = {"system": system, "scenario": scenario, "metric": metric, "value": value, "unit": unit}
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    sys.stdout.flush()
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": ordered[-1],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class AosProcess:
+    """``aos serve`` on a free port, without access logs."""
+
+    def __init__(self, storage_url: str, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.storage_url = storage_url
+        self.workdir = workdir
+        self.env = env or {}
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> AosProcess:
+        aos = shutil.which("aos", path=str(Path(sys.executable).parent)) or "aos"
+        env = {
+            **os.environ,
+            "AOS_STORAGE_URL": self.storage_url,
+            "AOS_PORT": str(self.port),
+            "AOS_HOST": "127.0.0.1",
+            "AOS_ACCESS_LOG": "false",
+            "AOS_LOG_LEVEL": "warning",
+            **self.env,
+        }
+        log = open(self.workdir / "aos.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [aos, "serve"], cwd=self.workdir, env=env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.workdir / "aos.log").read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("aos serve did not become ready")
+
+    def peak_rss_mb(self) -> float:
+        """The process's high-water mark of resident memory (VmHWM)."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+_ADMIN_URLS = {"postgresql": "AOS_TEST_POSTGRES_URL", "mysql": "AOS_TEST_MYSQL_URL"}
+
+
+@asynccontextmanager
+async def database_url(store: str) -> AsyncIterator[str]:
+    """A new, empty database on the store's test server; dropped afterwards."""
+    variable = _ADMIN_URLS.get(store)
+    admin_url = os.environ.get(variable or "")
+    if not admin_url:
+        raise LookupError(f"no server for {store}: set {variable} (make test sets it)")
+    name = f"aos_bench_{os.getpid()}_{time.time_ns() % 10**9}"
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    if store == "postgresql":
+        import asyncpg
+
+        conn = await asyncpg.connect(admin_url)
+        await conn.execute(f"CREATE DATABASE {name}")
+        await conn.close()
+        try:
+            yield url
+        finally:
+            conn = await asyncpg.connect(admin_url)
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await conn.close()
+    else:
+        import aiomysql
+
+        parts = urlsplit(admin_url)
+
+        async def execute(sql: str) -> None:
+            conn = await aiomysql.connect(
+                host=parts.hostname,
+                port=parts.port or 3306,
+                user=parts.username,
+                password=parts.password or "",
+                autocommit=True,
+            )
+            async with conn.cursor() as cur:
+                await cur.execute(sql)
+            conn.close()
+
+        await execute(f"CREATE DATABASE {name}")
+        try:
+            yield url
+        finally:
+            await execute(f"DROP DATABASE IF EXISTS {name}")

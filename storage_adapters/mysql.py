@@ -1,0 +1,420 @@
+"""``mysql://user:pass@host:3306/db``: MySQL and MariaDB through aiomysql.
+
+Each write is one InnoDB transaction: the job row first (``INSERT``, or an
+``UPDATE … WHERE revision = ?`` whose locking read makes a concurrent writer
+wait and then match nothing), then its log entries. Ids and tags are ASCII
+with binary collation, so ordering matches the other stores. MySQL has no
+partial indexes, so non-chunk log entries store a ``NULL`` chunk index.
+Options in the URL query:
+
+* ``pool_size`` — connections at most (default from ``AOS_STORE_POOL_SIZE``, 10);
+* ``connect_timeout`` — seconds to connect (default 5);
+* ``ssl`` — ``true`` to require TLS with the system's CA bundle.
+"""
+
+from __future__ import annotations
+
+import ssl
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import aiomysql
+import pymysql
+
+from .base import Capability, StorageAdapter, StoreURL
+from .errors import (
+    AlreadyExists,
+    ConfigurationError,
+    NotFound,
+    RevisionConflict,
+    StoreError,
+    StoreUnavailable,
+)
+from .records import (
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    KeyRecord,
+    NamespaceRecord,
+    dumps,
+    job_from_doc,
+    job_to_doc,
+    loads,
+)
+from .sql import EVENT_COLUMNS, Params, event_from_row, event_rows, list_jobs_sql
+
+__all__ = ["MIGRATIONS", "MySQLAdapter"]
+
+T = TypeVar("T")
+
+_ID = "CHARACTER SET ascii COLLATE ascii_bin"
+
+#: Versioned schema. MySQL commits DDL at once, so each statement is written to
+#: be safe to run again should a migration stop half way.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            f"""CREATE TABLE IF NOT EXISTS namespaces (
+                name        VARCHAR(63) {_ID} NOT NULL PRIMARY KEY,
+                config      LONGBLOB NOT NULL,
+                created_at  BIGINT NOT NULL,
+                updated_at  BIGINT NOT NULL
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS api_keys (
+                namespace   VARCHAR(63) {_ID} NOT NULL,
+                key_id      VARCHAR(32) {_ID} NOT NULL,
+                role        VARCHAR(16) {_ID} NOT NULL,
+                secret_hash CHAR(64) {_ID} NOT NULL,
+                created_at  BIGINT NOT NULL,
+                PRIMARY KEY (namespace, key_id)
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS jobs (
+                namespace   VARCHAR(63) {_ID} NOT NULL,
+                job_id      VARCHAR(128) {_ID} NOT NULL,
+                revision    BIGINT NOT NULL,
+                status      VARCHAR(16) {_ID} NOT NULL,
+                created_at  BIGINT NOT NULL,
+                expires_at  BIGINT NULL,
+                doc         LONGBLOB NOT NULL,
+                PRIMARY KEY (namespace, job_id),
+                KEY jobs_by_created (namespace, created_at, job_id)
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS job_tags (
+                namespace   VARCHAR(63) {_ID} NOT NULL,
+                tag         VARCHAR(64) {_ID} NOT NULL,
+                created_at  BIGINT NOT NULL,
+                job_id      VARCHAR(128) {_ID} NOT NULL,
+                PRIMARY KEY (namespace, tag, created_at, job_id)
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS events (
+                namespace   VARCHAR(63) {_ID} NOT NULL,
+                job_id      VARCHAR(128) {_ID} NOT NULL,
+                seq         BIGINT NOT NULL,
+                kind        VARCHAR(16) {_ID} NOT NULL,
+                at          BIGINT NOT NULL,
+                version     INT NOT NULL,
+                chunk_index INT NULL,
+                format      VARCHAR(16) {_ID} NOT NULL,
+                data        LONGBLOB NOT NULL,
+                PRIMARY KEY (namespace, job_id, seq),
+                UNIQUE KEY events_chunks (namespace, job_id, version, chunk_index)
+            ) ENGINE=InnoDB""",
+        ],
+    ),
+]
+
+# Client errors that mean the server is gone or refusing: connection lost,
+# server gone away, cannot connect, too many connections, lock wait timeout,
+# deadlock, read-only, shutdown in progress, query interrupted.
+_UNAVAILABLE_CODES = {1040, 1053, 1205, 1213, 1290, 1317, 1836, 2002, 2003, 2006, 2013, 2055}
+_DUPLICATE_KEY = 1062
+
+
+class MySQLAdapter(StorageAdapter):
+    schemes: ClassVar[tuple[str, ...]] = ("mysql", "mariadb")
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.TRANSACTIONS})
+
+    def __init__(self, url: StoreURL, *, pool_size: int = 10) -> None:
+        super().__init__(url, pool_size=pool_size)
+        options = dict(url.options)
+        options.pop("pool_size", None)
+        try:
+            self.connect_timeout = float(options.pop("connect_timeout", 5))
+        except ValueError as exc:
+            raise ConfigurationError(f"mysql options must be numbers: {exc}") from exc
+        self.use_ssl = options.pop("ssl", "false").lower() in {"1", "true", "yes", "required"}
+        if options:
+            raise ConfigurationError(f"unknown mysql options: {', '.join(sorted(options))}")
+        if not url.path.strip("/"):
+            raise ConfigurationError("mysql:// needs a database: mysql://user:pass@host/db")
+        self.database = url.path.strip("/")
+        self._pool: aiomysql.Pool | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._pool = await aiomysql.create_pool(
+            minsize=1,
+            maxsize=self.pool_size,
+            host=self.url.host or "127.0.0.1",
+            port=self.url.port or 3306,
+            user=self.url.username or "root",
+            password=self.url.password or "",
+            db=self.database,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=self.connect_timeout,
+            pool_recycle=300,
+            ssl=ssl.create_default_context() if self.use_ssl else None,
+        )
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            await pool.wait_closed()
+
+    async def _migrate(self, apply: bool) -> list[int]:
+        async def body(cur: aiomysql.Cursor) -> list[int]:
+            if apply:
+                # Nodes starting together migrate one after the other.
+                await cur.execute("SELECT GET_LOCK('aos_schema_migrations', 60)")
+            try:
+                with warnings.catch_warnings():
+                    # "Table already exists" notes of IF NOT EXISTS are expected here.
+                    warnings.simplefilter("ignore", pymysql.Warning)
+                    await cur.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations (version INT NOT NULL "
+                        "PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE=InnoDB"
+                    )
+                await cur.execute("SELECT version FROM schema_migrations")
+                applied = {row[0] for row in await cur.fetchall()}
+                pending = [v for v, _ in MIGRATIONS if v not in applied]
+                if not apply:
+                    return pending
+                for version, statements in MIGRATIONS:
+                    if version in pending:
+                        for statement in statements:
+                            await cur.execute(statement)
+                        await cur.execute(
+                            "INSERT INTO schema_migrations (version, applied_at) "
+                            "VALUES (%s, UNIX_TIMESTAMP(NOW(6)) * 1000000)",
+                            (version,),
+                        )
+                return pending
+            finally:
+                if apply:
+                    await cur.execute("SELECT RELEASE_LOCK('aos_schema_migrations')")
+
+        return await self._with_cursor(body)
+
+    async def _ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    # -- helpers -----------------------------------------------------------
+
+    def _translate(self, exc: Exception) -> StoreError | None:
+        if isinstance(exc, pymysql.err.InterfaceError):
+            return StoreUnavailable(f"mysql: {exc}")
+        code = exc.args[0] if isinstance(exc, pymysql.err.MySQLError) and exc.args else None
+        if code in _UNAVAILABLE_CODES:
+            return StoreUnavailable(f"mysql: {exc}")
+        return super()._translate(exc)
+
+    async def _with_cursor(
+        self, body: Callable[[aiomysql.Cursor], Awaitable[T]], *, transaction: bool = False
+    ) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("mysql store is not open")
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                if not transaction:
+                    return await body(cur)
+                await conn.begin()
+                try:
+                    result = await body(cur)
+                    await conn.commit()
+                except BaseException:
+                    if not conn.closed:
+                        await conn.rollback()
+                    raise
+                return result
+        except (pymysql.err.OperationalError, pymysql.err.InterfaceError):
+            # After a server restart every pooled connection is dead: drop the
+            # idle ones now rather than fail one request for each of them.
+            await pool.clear()
+            raise
+
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async def body(cur: aiomysql.Cursor) -> list[tuple[Any, ...]]:
+            await cur.execute(sql, args)
+            return list(await cur.fetchall())
+
+        return await self._with_cursor(body)
+
+    @staticmethod
+    async def _missing_or_moved(
+        cur: aiomysql.Cursor, namespace: str, job_id: str, expected_revision: int
+    ) -> StoreError:
+        await cur.execute(
+            "SELECT revision FROM jobs WHERE namespace = %s AND job_id = %s", (namespace, job_id)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return NotFound(f"job {job_id} does not exist")
+        return RevisionConflict(f"job {job_id} is at revision {row[0]}, not {expected_revision}")
+
+    @staticmethod
+    async def _insert_events(
+        cur: aiomysql.Cursor, job: JobRecord, events: Sequence[EventRecord]
+    ) -> None:
+        rows = event_rows(job, events, null_index=True)
+        marks = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+        await cur.execute(
+            f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) VALUES {marks}",
+            [value for row in rows for value in row],
+        )
+
+    # -- namespaces and keys ----------------------------------------------
+
+    async def _put_namespace(self, namespace: NamespaceRecord) -> None:
+        await self._fetch(
+            "INSERT INTO namespaces (name, config, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+            "config = VALUES(config), updated_at = VALUES(updated_at)",
+            (namespace.name, dumps(namespace.config), namespace.created_at, namespace.updated_at),
+        )
+
+    async def _get_namespace(self, name: str) -> NamespaceRecord | None:
+        rows = await self._fetch(
+            "SELECT config, created_at, updated_at FROM namespaces WHERE name = %s", (name,)
+        )
+        if not rows:
+            return None
+        config, created_at, updated_at = rows[0]
+        return NamespaceRecord(name, loads(config), created_at, updated_at)
+
+    async def _create_key(self, key: KeyRecord) -> None:
+        try:
+            await self._fetch(
+                "INSERT INTO api_keys (namespace, key_id, role, secret_hash, created_at) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (key.namespace, key.key_id, key.role, key.secret_hash, key.created_at),
+            )
+        except pymysql.err.IntegrityError as exc:
+            if exc.args and exc.args[0] == _DUPLICATE_KEY:
+                raise AlreadyExists(f"key {key.key_id} exists") from exc
+            raise
+
+    async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
+        rows = await self._fetch(
+            "SELECT role, secret_hash, created_at FROM api_keys "
+            "WHERE namespace = %s AND key_id = %s",
+            (namespace, key_id),
+        )
+        if not rows:
+            return None
+        role, secret_hash, created_at = rows[0]
+        return KeyRecord(namespace, key_id, role, secret_hash, created_at)
+
+    # -- jobs --------------------------------------------------------------
+
+    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+        async def body(cur: aiomysql.Cursor) -> None:
+            try:
+                await cur.execute(
+                    "INSERT INTO jobs (namespace, job_id, revision, status, created_at, "
+                    "expires_at, doc) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        job.namespace,
+                        job.job_id,
+                        job.revision,
+                        job.status.value,
+                        job.created_at,
+                        job.expires_at,
+                        dumps(job_to_doc(job)),
+                    ),
+                )
+            except pymysql.err.IntegrityError as exc:
+                if exc.args and exc.args[0] == _DUPLICATE_KEY:
+                    raise AlreadyExists(f"job {job.job_id} exists") from exc
+                raise
+            tags = sorted(set(job.tags))
+            if tags:
+                await cur.executemany(
+                    "INSERT INTO job_tags (namespace, tag, created_at, job_id) "
+                    "VALUES (%s, %s, %s, %s)",
+                    [(job.namespace, tag, job.created_at, job.job_id) for tag in tags],
+                )
+            await self._insert_events(cur, job, events)
+
+        await self._with_cursor(body, transaction=True)
+
+    async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None:
+        rows = await self._fetch(
+            "SELECT doc FROM jobs WHERE namespace = %s AND job_id = %s", (namespace, job_id)
+        )
+        return job_from_doc(loads(rows[0][0])) if rows else None
+
+    async def _update_job(
+        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+    ) -> None:
+        async def body(cur: aiomysql.Cursor) -> None:
+            await cur.execute(
+                "UPDATE jobs SET revision = %s, status = %s, expires_at = %s, doc = %s "
+                "WHERE namespace = %s AND job_id = %s AND revision = %s",
+                (
+                    job.revision,
+                    job.status.value,
+                    job.expires_at,
+                    dumps(job_to_doc(job)),
+                    job.namespace,
+                    job.job_id,
+                    expected_revision,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise await self._missing_or_moved(
+                    cur, job.namespace, job.job_id, expected_revision
+                )
+            await self._insert_events(cur, job, events)
+
+        await self._with_cursor(body, transaction=True)
+
+    async def _delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None:
+        async def body(cur: aiomysql.Cursor) -> None:
+            await cur.execute(
+                "DELETE FROM jobs WHERE namespace = %s AND job_id = %s AND revision = %s",
+                (namespace, job_id, expected_revision),
+            )
+            if cur.rowcount != 1:
+                raise await self._missing_or_moved(cur, namespace, job_id, expected_revision)
+            await cur.execute(
+                "DELETE FROM events WHERE namespace = %s AND job_id = %s", (namespace, job_id)
+            )
+            await cur.execute(
+                "DELETE FROM job_tags WHERE namespace = %s AND job_id = %s", (namespace, job_id)
+            )
+
+        await self._with_cursor(body, transaction=True)
+
+    async def _read_events(
+        self, namespace: str, job_id: str, after_seq: int, limit: int
+    ) -> list[EventRecord]:
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND job_id = %s "
+            "AND seq > %s ORDER BY seq LIMIT %s",
+            (namespace, job_id, after_seq, limit),
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def _read_chunks(
+        self, namespace: str, job_id: str, version: int, after_index: int, limit: int
+    ) -> list[EventRecord]:
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND job_id = %s "
+            "AND version = %s AND chunk_index > %s ORDER BY chunk_index LIMIT %s",
+            (namespace, job_id, version, max(after_index, -1), limit),
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def _find_chunk(
+        self, namespace: str, job_id: str, version: int, index: int
+    ) -> EventRecord | None:
+        if index < 0:
+            return None
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND job_id = %s "
+            "AND version = %s AND chunk_index = %s",
+            (namespace, job_id, version, index),
+        )
+        return event_from_row(rows[0]) if rows else None
+
+    async def _list_jobs(self, namespace: str, query: JobQuery) -> list[JobRecord]:
+        params = Params("format")
+        sql = list_jobs_sql(namespace, query, params)
+        rows = await self._fetch(sql, params.values)
+        return [job_from_doc(loads(row[0])) for row in rows]

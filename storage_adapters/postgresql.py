@@ -1,0 +1,417 @@
+"""``postgresql://user:pass@host:5432/db``: PostgreSQL through asyncpg.
+
+Every write is a single SQL statement, so it is atomic on its own and costs
+one round trip: data-modifying CTEs insert or update the job row and append
+its log entries together, and the compare-and-set is the ``WHERE revision =``
+of the update (under READ COMMITTED a concurrent writer waits for the first,
+then sees the new revision and matches nothing). Options in the URL query
+(the rest of the query is handed to asyncpg, e.g. ``sslmode``):
+
+* ``pool_size`` — connections at most (default from ``AOS_STORE_POOL_SIZE``, 10);
+* ``command_timeout`` — seconds a statement may take (default 10);
+* ``connect_timeout`` — seconds to connect or to wait for a pooled connection (default 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+from .base import Capability, StorageAdapter, StoreURL
+from .errors import (
+    AlreadyExists,
+    ConfigurationError,
+    NotFound,
+    RevisionConflict,
+    StoreError,
+    StoreUnavailable,
+)
+from .records import (
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    KeyRecord,
+    NamespaceRecord,
+    dumps,
+    job_from_doc,
+    job_to_doc,
+    loads,
+)
+from .sql import EVENT_COLUMNS, Params, event_from_row, list_jobs_sql
+
+__all__ = ["MIGRATIONS", "PostgreSQLAdapter"]
+
+T = TypeVar("T")
+_Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+#: Versioned schema; each runs once, in order, in its own transaction.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE namespaces (
+            name        text COLLATE "C" PRIMARY KEY,
+            config      bytea NOT NULL,
+            created_at  bigint NOT NULL,
+            updated_at  bigint NOT NULL
+        );
+        CREATE TABLE api_keys (
+            namespace   text COLLATE "C" NOT NULL,
+            key_id      text COLLATE "C" NOT NULL,
+            role        text NOT NULL,
+            secret_hash text NOT NULL,
+            created_at  bigint NOT NULL,
+            PRIMARY KEY (namespace, key_id)
+        );
+        CREATE TABLE jobs (
+            namespace   text COLLATE "C" NOT NULL,
+            job_id      text COLLATE "C" NOT NULL,
+            revision    bigint NOT NULL,
+            status      text NOT NULL,
+            created_at  bigint NOT NULL,
+            expires_at  bigint,
+            doc         bytea NOT NULL,
+            PRIMARY KEY (namespace, job_id)
+        );
+        CREATE INDEX jobs_by_created ON jobs (namespace, created_at, job_id);
+        CREATE TABLE job_tags (
+            namespace   text COLLATE "C" NOT NULL,
+            tag         text COLLATE "C" NOT NULL,
+            created_at  bigint NOT NULL,
+            job_id      text COLLATE "C" NOT NULL,
+            PRIMARY KEY (namespace, tag, created_at, job_id)
+        );
+        CREATE TABLE events (
+            namespace   text COLLATE "C" NOT NULL,
+            job_id      text COLLATE "C" NOT NULL,
+            seq         bigint NOT NULL,
+            kind        text NOT NULL,
+            at          bigint NOT NULL,
+            version     integer NOT NULL,
+            chunk_index integer NOT NULL,
+            format      text NOT NULL,
+            data        bytea NOT NULL,
+            PRIMARY KEY (namespace, job_id, seq)
+        );
+        CREATE UNIQUE INDEX events_chunks
+            ON events (namespace, job_id, version, chunk_index) WHERE chunk_index >= 0;
+        """,
+    ),
+]
+
+# A lock number of our own for pg_advisory_xact_lock while migrating.
+_MIGRATION_LOCK = 0x414F535F4D4947  # "AOS_MIG"
+
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+# Append the log entries of one write: arrays unnested into rows, one statement.
+_INSERT_EVENTS = f"""
+    INSERT INTO events (namespace, job_id, {EVENT_COLUMNS})
+    SELECT $1, $2, e.* FROM unnest(
+        $3::bigint[], $4::text[], $5::bigint[], $6::integer[], $7::integer[], $8::text[],
+        $9::bytea[]
+    ) AS e
+"""
+
+_CREATE_JOB = f"""
+    WITH job AS (
+        INSERT INTO jobs (namespace, job_id, revision, status, created_at, expires_at, doc)
+        VALUES ($1, $2, $10, $11, $12, $13, $14)
+        ON CONFLICT (namespace, job_id) DO NOTHING
+        RETURNING 1
+    ), tags AS (
+        INSERT INTO job_tags (namespace, tag, created_at, job_id)
+        SELECT $1, t, $12, $2 FROM unnest($15::text[]) AS t WHERE EXISTS (SELECT FROM job)
+    ), log AS (
+        {_INSERT_EVENTS.strip()} WHERE EXISTS (SELECT FROM job)
+    )
+    SELECT count(*) FROM job
+"""
+
+_UPDATE_JOB = f"""
+    WITH job AS (
+        UPDATE jobs SET revision = $10, status = $11, expires_at = $12, doc = $13
+        WHERE namespace = $1 AND job_id = $2 AND revision = $14
+        RETURNING 1
+    ), log AS (
+        {_INSERT_EVENTS.strip()} WHERE EXISTS (SELECT FROM job)
+    )
+    SELECT count(*) FROM job
+"""
+
+_DELETE_JOB = """
+    WITH job AS (
+        DELETE FROM jobs WHERE namespace = $1 AND job_id = $2 AND revision = $3 RETURNING 1
+    ), log AS (
+        DELETE FROM events WHERE namespace = $1 AND job_id = $2 AND EXISTS (SELECT FROM job)
+    ), tags AS (
+        DELETE FROM job_tags WHERE namespace = $1 AND job_id = $2 AND EXISTS (SELECT FROM job)
+    )
+    SELECT count(*) FROM job
+"""
+
+
+def _event_arrays(events: Sequence[EventRecord]) -> list[list[Any]]:
+    return [
+        [e.seq for e in events],
+        [e.kind.value for e in events],
+        [e.at for e in events],
+        [e.version for e in events],
+        [e.index for e in events],
+        [e.format for e in events],
+        [e.data for e in events],
+    ]
+
+
+class PostgreSQLAdapter(StorageAdapter):
+    schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.TRANSACTIONS})
+
+    def __init__(self, url: StoreURL, *, pool_size: int = 10) -> None:
+        super().__init__(url, pool_size=pool_size)
+        options = dict(url.options)
+        options.pop("pool_size", None)
+        try:
+            self.command_timeout = float(options.pop("command_timeout", 10))
+            self.connect_timeout = float(options.pop("connect_timeout", 5))
+        except ValueError as exc:
+            raise ConfigurationError(f"postgresql options must be numbers: {exc}") from exc
+        parts = urlsplit(url.raw)
+        self._dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
+        self._pool: asyncpg.Pool | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            command_timeout=self.command_timeout,
+            timeout=self.connect_timeout,
+            max_inactive_connection_lifetime=60,
+        )
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _migrate(self, apply: bool) -> list[int]:
+        async def body(conn: _Conn) -> list[int]:
+            async with conn.transaction():
+                if apply:
+                    # Nodes starting together migrate one after the other.
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                pending = [v for v, _ in MIGRATIONS if v not in applied]
+                if not apply:
+                    return pending
+                for version, script in MIGRATIONS:
+                    if version in pending:
+                        await conn.execute(script)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                        )
+                return pending
+
+        return await self._with_conn(body)
+
+    async def _ping(self) -> None:
+        await self._with_conn(lambda conn: conn.fetchval("SELECT 1"))
+
+    # -- helpers -----------------------------------------------------------
+
+    def _translate(self, exc: Exception) -> StoreError | None:
+        if isinstance(exc, _UNAVAILABLE):
+            return StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}")
+        return super()._translate(exc)
+
+    async def _with_conn(self, body: Callable[[_Conn], Awaitable[T]]) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("postgresql store is not open")
+        try:
+            async with pool.acquire(timeout=self.connect_timeout) as conn:
+                return await body(conn)
+        except _UNAVAILABLE:
+            # After a server restart every pooled connection is dead: replace the
+            # idle ones now rather than fail one request for each of them.
+            await pool.expire_connections()
+            raise
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._with_conn(lambda conn: conn.fetch(sql, *args))
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._with_conn(lambda conn: conn.fetchval(sql, *args))
+
+    async def _missing_or_moved(
+        self, namespace: str, job_id: str, expected_revision: int
+    ) -> StoreError:
+        revision = await self._fetchval(
+            "SELECT revision FROM jobs WHERE namespace = $1 AND job_id = $2", namespace, job_id
+        )
+        if revision is None:
+            return NotFound(f"job {job_id} does not exist")
+        return RevisionConflict(f"job {job_id} is at revision {revision}, not {expected_revision}")
+
+    # -- namespaces and keys ----------------------------------------------
+
+    async def _put_namespace(self, namespace: NamespaceRecord) -> None:
+        await self._fetchval(
+            "INSERT INTO namespaces (name, config, created_at, updated_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET "
+            "config = excluded.config, updated_at = excluded.updated_at",
+            namespace.name,
+            dumps(namespace.config),
+            namespace.created_at,
+            namespace.updated_at,
+        )
+
+    async def _get_namespace(self, name: str) -> NamespaceRecord | None:
+        rows = await self._fetch(
+            "SELECT config, created_at, updated_at FROM namespaces WHERE name = $1", name
+        )
+        if not rows:
+            return None
+        config, created_at, updated_at = rows[0]
+        return NamespaceRecord(name, loads(config), created_at, updated_at)
+
+    async def _create_key(self, key: KeyRecord) -> None:
+        inserted = await self._fetchval(
+            "INSERT INTO api_keys (namespace, key_id, role, secret_hash, created_at) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
+            key.namespace,
+            key.key_id,
+            key.role,
+            key.secret_hash,
+            key.created_at,
+        )
+        if inserted is None:
+            raise AlreadyExists(f"key {key.key_id} exists")
+
+    async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
+        rows = await self._fetch(
+            "SELECT role, secret_hash, created_at FROM api_keys "
+            "WHERE namespace = $1 AND key_id = $2",
+            namespace,
+            key_id,
+        )
+        if not rows:
+            return None
+        role, secret_hash, created_at = rows[0]
+        return KeyRecord(namespace, key_id, role, secret_hash, created_at)
+
+    # -- jobs --------------------------------------------------------------
+
+    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+        created = await self._fetchval(
+            _CREATE_JOB,
+            job.namespace,
+            job.job_id,
+            *_event_arrays(events),
+            job.revision,
+            job.status.value,
+            job.created_at,
+            job.expires_at,
+            dumps(job_to_doc(job)),
+            sorted(set(job.tags)),
+        )
+        if not created:
+            raise AlreadyExists(f"job {job.job_id} exists")
+
+    async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None:
+        doc = await self._fetchval(
+            "SELECT doc FROM jobs WHERE namespace = $1 AND job_id = $2", namespace, job_id
+        )
+        return job_from_doc(loads(doc)) if doc is not None else None
+
+    async def _update_job(
+        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+    ) -> None:
+        updated = await self._fetchval(
+            _UPDATE_JOB,
+            job.namespace,
+            job.job_id,
+            *_event_arrays(events),
+            job.revision,
+            job.status.value,
+            job.expires_at,
+            dumps(job_to_doc(job)),
+            expected_revision,
+        )
+        if not updated:
+            raise await self._missing_or_moved(job.namespace, job.job_id, expected_revision)
+
+    async def _delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None:
+        deleted = await self._fetchval(_DELETE_JOB, namespace, job_id, expected_revision)
+        if not deleted:
+            raise await self._missing_or_moved(namespace, job_id, expected_revision)
+
+    async def _read_events(
+        self, namespace: str, job_id: str, after_seq: int, limit: int
+    ) -> list[EventRecord]:
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = $1 AND job_id = $2 "
+            "AND seq > $3 ORDER BY seq LIMIT $4",
+            namespace,
+            job_id,
+            after_seq,
+            limit,
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def _read_chunks(
+        self, namespace: str, job_id: str, version: int, after_index: int, limit: int
+    ) -> list[EventRecord]:
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = $1 AND job_id = $2 "
+            "AND version = $3 AND chunk_index > $4 ORDER BY chunk_index LIMIT $5",
+            namespace,
+            job_id,
+            version,
+            max(after_index, -1),
+            limit,
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def _find_chunk(
+        self, namespace: str, job_id: str, version: int, index: int
+    ) -> EventRecord | None:
+        if index < 0:
+            return None
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = $1 AND job_id = $2 "
+            "AND version = $3 AND chunk_index = $4",
+            namespace,
+            job_id,
+            version,
+            index,
+        )
+        return event_from_row(rows[0]) if rows else None
+
+    async def _list_jobs(self, namespace: str, query: JobQuery) -> list[JobRecord]:
+        params = Params("numeric")
+        sql = list_jobs_sql(namespace, query, params)
+        rows = await self._fetch(sql, *params.values)
+        return [job_from_doc(loads(row[0])) for row in rows]

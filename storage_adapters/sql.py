@@ -1,0 +1,102 @@
+"""What the SQL stores share: the listing query and row mapping.
+
+The three SQL adapters keep the same tables (``namespaces``, ``api_keys``,
+``jobs``, ``job_tags``, ``events``), each keyed by namespace first; the
+dialects differ only in types, placeholders and how a write is made atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from .records import EventKind, EventRecord, JobQuery, JobRecord
+
+__all__ = ["EVENT_COLUMNS", "Params", "event_from_row", "event_rows", "list_jobs_sql"]
+
+#: columns of ``events`` that make an :class:`EventRecord`, in this order
+EVENT_COLUMNS = "seq, kind, at, version, chunk_index, format, data"
+
+
+class Params:
+    """Collects query parameters, answering each with its placeholder."""
+
+    def __init__(self, style: Literal["qmark", "numeric", "format"]) -> None:
+        self.style = style
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        if self.style == "qmark":
+            return "?"
+        if self.style == "numeric":
+            return f"${len(self.values)}"
+        return "%s"
+
+
+def event_from_row(row: Iterable[Any]) -> EventRecord:
+    seq, kind, at, version, index, fmt, data = row
+    return EventRecord(
+        seq=seq,
+        kind=EventKind(kind),
+        at=at,
+        data=bytes(data),
+        version=version,
+        index=-1 if index is None else index,
+        format=fmt,
+    )
+
+
+def event_rows(
+    job: JobRecord, events: Iterable[EventRecord], *, null_index: bool = False
+) -> list[tuple[Any, ...]]:
+    """Rows for ``events``; ``null_index`` stores ``NULL`` for non-chunk entries
+    (for stores without partial unique indexes)."""
+    return [
+        (
+            job.namespace,
+            job.job_id,
+            e.seq,
+            e.kind.value,
+            e.at,
+            e.version,
+            None if null_index and e.index < 0 else e.index,
+            e.format,
+            e.data,
+        )
+        for e in events
+    ]
+
+
+def list_jobs_sql(namespace: str, query: JobQuery, params: Params) -> str:
+    """``SELECT doc`` of one page: a range scan of the creation index, or of
+    the tag index when the query has a tag."""
+    if query.tag is not None:
+        source = "job_tags o JOIN jobs j ON j.namespace = o.namespace AND j.job_id = o.job_id"
+        where = [f"o.namespace = {params(namespace)}", f"o.tag = {params(query.tag)}"]
+        job = "j"
+    else:
+        source = "jobs o"
+        where = [f"o.namespace = {params(namespace)}"]
+        job = "o"
+    if query.statuses is not None:
+        marks = ", ".join(params(s.value) for s in sorted(query.statuses))
+        where.append(f"{job}.status IN ({marks})")
+    if query.created_after is not None:
+        where.append(f"o.created_at > {params(query.created_after)}")
+    if query.created_before is not None:
+        where.append(f"o.created_at < {params(query.created_before)}")
+    if query.alive_at is not None:
+        where.append(f"({job}.expires_at IS NULL OR {job}.expires_at > {params(query.alive_at)})")
+    if query.after is not None:
+        created_at, job_id = query.after
+        op = "<" if query.descending else ">"
+        where.append(
+            f"(o.created_at {op} {params(created_at)} OR "
+            f"(o.created_at = {params(created_at)} AND o.job_id {op} {params(job_id)}))"
+        )
+    direction = "DESC" if query.descending else "ASC"
+    return (
+        f"SELECT {job}.doc FROM {source} WHERE {' AND '.join(where)} "
+        f"ORDER BY o.created_at {direction}, o.job_id {direction} LIMIT {params(query.limit)}"
+    )
