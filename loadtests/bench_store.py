@@ -98,12 +98,21 @@ async def bench(system: str, url: str, rate: float, duration: float, connections
 
             for scenario, call in (("submit", submit), ("append", append), ("status", status)):
                 await open_loop(rate, 1.0, call)  # warm-up
+                cpu_before = server.cpu_seconds()
                 latencies, errors, elapsed = await open_loop(rate, duration, call)
+                cpu = server.cpu_seconds() - cpu_before
                 emit(system, scenario, "target_rate", rate, "req/s")
                 emit(system, scenario, "achieved_rate", round(len(latencies) / elapsed, 1), "req/s")
                 for name, value in percentiles(latencies).items():
                     emit(system, scenario, name, round(value * 1000, 3), "ms")
                 emit(system, scenario, "errors", errors, "requests")
+                emit(
+                    system,
+                    scenario,
+                    "server_cpu_per_request",
+                    round(cpu / max(len(latencies), 1) * 1e6),
+                    "us",
+                )
             emit(system, "server", "peak_rss", server.peak_rss_mb(), "MB")
         finally:
             pool.close()

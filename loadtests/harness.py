@@ -87,6 +87,12 @@ class AosProcess:
                 time.sleep(0.05)
         raise RuntimeError("aos serve did not become ready")
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU the process has used so far."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         """The process's high-water mark of resident memory (VmHWM)."""
         assert self.process is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
 
 from storage_adapters import (
     JobRecord,
@@ -32,9 +30,9 @@ from .hub import Hub
 from .ids import valid_job_id, valid_namespace
 from .jobs import JobService
 from .metrics import Metrics
-from .middleware import ROUTE_KEY
 from .namespaces import NamespaceDirectory
 from .problems import Problem
+from .routing import Handler, HandlerRoute
 from .settings import Settings
 from .streams import StreamPlan, job_stream, wait_for_change
 from .views import (
@@ -448,16 +446,6 @@ async def openapi(request: Request) -> Response:
 # -- routing ------------------------------------------------------------------------
 
 
-class _Route(Route):
-    """A route that records its path template for metrics and logs."""
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[ROUTE_KEY] = self.path
-        await super().handle(scope, receive, send)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
 #: (path below a job collection, methods and handlers)
 JOB_ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("", {"POST": create_job, "GET": list_jobs}),
@@ -491,8 +479,5 @@ def route_table() -> list[tuple[str, str, Handler]]:
     return table
 
 
-def routes() -> list[BaseRoute]:
-    out: list[BaseRoute] = []
-    for path, method, handler in route_table():
-        out.append(_Route(path, handler, methods=[method]))
-    return out
+def routes() -> list[HandlerRoute]:
+    return [HandlerRoute(path, handler, method) for path, method, handler in route_table()]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from storage_adapters import StorageAdapter, StoreUnavailable, adapter_for
 
@@ -22,12 +22,21 @@ from .metrics import Metrics
 from .middleware import RequestMiddleware
 from .namespaces import NamespaceDirectory
 from .openapi import build_openapi
-from .problems import exception_handlers
+from .routing import SegmentRouter
 from .settings import Settings
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger("aos.app")
+
+
+class _App(Starlette):
+    """Starlette with one middleware instead of its default three layers: the
+    request middleware does error handling too (see service.middleware)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        metrics, access_log = self.state.request_middleware
+        return RequestMiddleware(self.router, metrics=metrics, access_log=access_log)
 
 
 async def _watch_store(state: AppState) -> None:
@@ -119,11 +128,8 @@ def create_app(
             await store.close()
             log_event(logger, "store.closed")
 
-    app = Starlette(
-        routes=routes(),
-        middleware=[Middleware(RequestMiddleware, metrics=metrics, access_log=settings.access_log)],
-        exception_handlers=exception_handlers,
-        lifespan=lifespan,
-    )
+    app = _App()
+    app.router = SegmentRouter(routes(), lifespan=lifespan)
+    app.state.request_middleware = (metrics, settings.access_log)
     app.state.aos = state
     return app

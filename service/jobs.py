@@ -2,7 +2,9 @@
 
 Every change follows one path: read the job, compute the next row and its log
 entries (:mod:`service.lifecycle`), write both with a compare-and-set on the
-revision, then publish the entries to the hub. Changes to one job are
+revision, then publish the entries to the hub. The row this node wrote last
+stands in for the read (a bounded cache); the compare-and-set makes that safe,
+since a row that another node has changed since fails it and is read again. Changes to one job are
 serialised on this node by a per-job lock, so local writers never race; a
 writer on another node makes the compare-and-set fail, and the change is
 computed again from the fresh row. Once the write has started it is shielded
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,13 +32,13 @@ from storage_adapters import (
     JobQuery,
     JobRecord,
     NamespaceRecord,
+    NotFound,
     OutputFormat,
     RevisionConflict,
     StorageAdapter,
     StoreUnavailable,
 )
 from storage_adapters.base import shielded
-from storage_adapters.records import dumps
 
 from . import lifecycle
 from .clock import now_us
@@ -70,15 +73,7 @@ class NewJob:
     def fingerprint(self) -> str:
         """Identifies the request, so a retry with the same body is recognised."""
         body = {"metadata": self.metadata, "webhookUrl": self.webhook_url, "ttl": self.ttl}
-        return hashlib.sha256(dumps(_sorted(body))).hexdigest()
-
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(v) for v in value]
-    return value
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +115,7 @@ class JobService:
         max_versions: int,
         default_retention: int | None,
         clock: Callable[[], int] = now_us,
+        recent_jobs: int = 10_000,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -128,6 +124,9 @@ class JobService:
         self.default_retention = default_retention
         self.clock = clock
         self._locks = _KeyedLocks()
+        #: the last row this node wrote, per job (most recent last)
+        self._recent: OrderedDict[Topic, JobRecord] = OrderedDict()
+        self._recent_size = recent_jobs
 
     # -- reads ---------------------------------------------------------------
 
@@ -196,21 +195,7 @@ class JobService:
         topic = (namespace.name, job_id)
         async with self._locks.hold(topic):
             for _ in range(_MAX_ATTEMPTS):
-                existing = await self.store.get_job(namespace.name, job_id)
-                if existing is not None and self._alive(existing) is None:
-                    # Expired but not purged yet: it no longer exists for clients.
-                    try:
-                        await self.store.delete_job(namespace.name, job_id, existing.revision)
-                    except RevisionConflict:
-                        continue
-                    existing = None
-                if existing is not None:
-                    if existing.fingerprint != fingerprint:
-                        raise lifecycle.InvalidChange(
-                            f"job {job_id!r} exists and was created with a different body",
-                            "job-exists",
-                        )
-                    return existing, False
+                # Insert first: a new id (the common case) costs one write and no read.
                 change = lifecycle.new_job(
                     namespace=namespace.name,
                     job_id=job_id,
@@ -223,8 +208,26 @@ class JobService:
                 try:
                     await shielded(self._write(None, change))
                 except AlreadyExists:
+                    pass
+                else:
+                    return change.job, True
+                existing = await self.store.get_job(namespace.name, job_id)
+                if existing is None:
+                    continue  # deleted in between: try again
+                if self._alive(existing) is None:
+                    # Expired but not purged yet: it no longer exists for clients.
+                    try:
+                        await self.store.delete_job(namespace.name, job_id, existing.revision)
+                    except (RevisionConflict, NotFound):
+                        pass
+                    self._forget(topic)
                     continue
-                return change.job, True
+                if existing.fingerprint != fingerprint:
+                    raise lifecycle.InvalidChange(
+                        f"job {job_id!r} exists and was created with a different body",
+                        "job-exists",
+                    )
+                return existing, False
         raise StoreUnavailable("the job changed too often to create it; retry")
 
     async def update_status(
@@ -296,6 +299,8 @@ class JobService:
                     await self.store.delete_job(namespace, job_id, job.revision)
                 except RevisionConflict:
                     continue
+                finally:
+                    self._forget(topic)
                 self.hub.close_topic(topic)
                 log_event(logger, "job.deleted", namespace=namespace, jobId=job_id)
                 return
@@ -307,18 +312,32 @@ class JobService:
         job_id: str,
         compute: Callable[[JobRecord], lifecycle.Change],
     ) -> lifecycle.Change:
-        async with self._locks.hold((namespace, job_id)):
+        topic = (namespace, job_id)
+        async with self._locks.hold(topic):
             for _ in range(_MAX_ATTEMPTS):
-                job = await self.get(namespace, job_id)
+                # The row this node wrote last saves a read; if another node has
+                # written since, the compare-and-set fails and the row is read.
+                job = self._alive(self._recent.get(topic)) or await self.get(namespace, job_id)
                 change = compute(job)
                 if not change.events:
                     return change
                 try:
                     await shielded(self._write(job, change))
-                except RevisionConflict:
+                except (RevisionConflict, NotFound):
+                    self._forget(topic)
                     continue
                 return change
         raise StoreUnavailable("the job changed too often to apply the change; retry")
+
+    def _remember(self, job: JobRecord) -> None:
+        topic = (job.namespace, job.job_id)
+        self._recent[topic] = job
+        self._recent.move_to_end(topic)
+        if len(self._recent) > self._recent_size:
+            self._recent.popitem(last=False)
+
+    def _forget(self, topic: Topic) -> None:
+        self._recent.pop(topic, None)
 
     async def _write(self, before: JobRecord | None, change: lifecycle.Change) -> None:
         """Write the change, then publish it and account for it."""
@@ -327,17 +346,18 @@ class JobService:
             await self.store.create_job(job, change.events)
         else:
             await self.store.update_job(job, change.events, before.revision)
+        self._remember(job)
         topic = (job.namespace, job.job_id)
         if self.hub.has_subscribers(topic):
             self.hub.publish(topic, list(_hub_events(change.events)))
         for event in change.events:
-            self.metrics.events.labels(event.kind.value).inc()
+            self.metrics.events_of(event.kind.value).inc()
             if event.kind is EventKind.STATUS:
                 self._log_transition(job, event)
 
     def _log_transition(self, job: JobRecord, event: EventRecord) -> None:
         status = _status_of(event)
-        self.metrics.jobs.labels(status).inc()
+        self.metrics.jobs_of(status).inc()
         name = {
             "Queued": "job.created",
             "Running": "job.started",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
@@ -22,6 +24,20 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+class _Children:
+    """``metric.labels(*values)``, remembered: that lookup is slow on hot paths."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -71,3 +87,6 @@ class Metrics:
             "1 while the store answers the periodic health check, else 0.",
             registry=registry,
         )
+        self.request_duration_of = _Children(self.request_duration)
+        self.jobs_of = _Children(self.jobs)
+        self.events_of = _Children(self.events)

@@ -1,4 +1,5 @@
-"""The one ASGI middleware every request passes: request id, metrics, access log.
+"""The one ASGI middleware every request passes: request id, metrics, access log,
+and every exception turned into its problem response.
 
 * ``X-Request-ID``: taken from the request when it is a sane token, else
   made up; set on the response and on every log line of the request.
@@ -19,14 +20,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .ids import new_request_id
 from .logs import log_event, request_id_var
 from .metrics import Metrics
-from .problems import Problem, problem_response
+from .problems import Problem, problem_response, response_for
+from .routing import ROUTE_KEY
 
-__all__ = ["ROUTE_KEY", "RequestMiddleware"]
+__all__ = ["RequestMiddleware"]
 
 logger = logging.getLogger("aos.http")
 
-#: where routes put their path template in the scope
-ROUTE_KEY = "aos.route"
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
@@ -61,7 +61,7 @@ class RequestMiddleware:
                 response_started = True
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
-                self.metrics.request_duration.labels(
+                self.metrics.request_duration_of(
                     scope["method"], scope.get(ROUTE_KEY, "unmatched"), str(status)
                 ).observe(time.perf_counter() - started)
             await send(message)
@@ -69,10 +69,16 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            logger.error("unhandled error", exc_info=exc)
             if response_started:
+                logger.error("error after the response started", exc_info=exc)
                 raise
-            response = problem_response(Problem("internal-error", "an unexpected error occurred"))
+            response = response_for(exc, scope)
+            if response is None:
+                logger.error("unhandled error", exc_info=exc)
+                response = problem_response(
+                    Problem("internal-error", "an unexpected error occurred")
+                )
+            exc.__traceback__ = None  # do not keep frames alive through a reused exception
             await response(scope, receive, send_with_id)
         finally:
             if self.access_log:

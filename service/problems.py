@@ -9,13 +9,13 @@ occurrence, the ``status`` and the ``requestId``. Validation problems add
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from storage_adapters import (
     Conflict,
@@ -29,7 +29,7 @@ from .jobs import JobNotFound
 from .lifecycle import InvalidChange
 from .logs import log_event, request_id_var
 
-__all__ = ["PROBLEM_TYPES", "Problem", "exception_handlers", "problem_response"]
+__all__ = ["PROBLEM_TYPES", "Problem", "problem_response", "response_for"]
 
 logger = logging.getLogger("aos.http")
 
@@ -118,23 +118,24 @@ def problem_response(problem: Problem) -> Response:
     )
 
 
-async def _on_problem(request: Request, exc: Exception) -> Response:
+def _on_problem(exc: Exception, scope: Scope) -> Response:
     assert isinstance(exc, Problem)
     return problem_response(exc)
 
 
-async def _on_http_exception(request: Request, exc: Exception) -> Response:
+def _on_http_exception(exc: Exception, scope: Scope) -> Response:
+    """Routing errors (no route, method not allowed) as problems."""
     assert isinstance(exc, HTTPException)
     slug = _STATUS_SLUGS.get(exc.status_code, "bad-request")
     detail = exc.detail
     if exc.status_code == 404:
-        detail = f"no route matches {request.method} {request.url.path}"
+        detail = f"no route matches {scope['method']} {scope['path']}"
     elif exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
+        detail = f"{scope['method']} is not allowed on {scope['path']}"
     return problem_response(Problem(slug, detail, headers=exc.headers))
 
 
-async def _on_store_error(request: Request, exc: Exception) -> Response:
+def _on_store_error(exc: Exception, scope: Scope) -> Response:
     if isinstance(exc, StoreUnavailable):
         log_event(logger, "store.unavailable", logging.WARNING, detail=str(exc))
         return problem_response(
@@ -155,19 +156,29 @@ async def _on_store_error(request: Request, exc: Exception) -> Response:
     return problem_response(Problem("internal-error", "the store returned unreadable data"))
 
 
-async def _on_domain_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, JobNotFound):
-        return problem_response(Problem("job-not-found", str(exc)))
+def _on_job_not_found(exc: Exception, scope: Scope) -> Response:
+    return problem_response(Problem("job-not-found", str(exc)))
+
+
+def _on_invalid_change(exc: Exception, scope: Scope) -> Response:
     assert isinstance(exc, InvalidChange)
     return problem_response(Problem(exc.reason, str(exc)))
 
 
-#: exceptions that reach the app's edge, as problems (anything else: the
-#: request middleware answers 500)
-exception_handlers: dict[Any, Any] = {
+_HANDLERS: dict[type[Exception], Callable[[Exception, Scope], Response]] = {
     Problem: _on_problem,
     HTTPException: _on_http_exception,
     StoreError: _on_store_error,
-    JobNotFound: _on_domain_error,
-    InvalidChange: _on_domain_error,
+    JobNotFound: _on_job_not_found,
+    InvalidChange: _on_invalid_change,
 }
+
+
+def response_for(exc: Exception, scope: Scope) -> Response | None:
+    """The problem response for an exception that reached the app's edge, or
+    ``None`` for one no handler knows (a bug: the caller answers 500)."""
+    for cls in type(exc).__mro__:
+        handler = _HANDLERS.get(cls)
+        if handler is not None:
+            return handler(exc, scope)
+    return None

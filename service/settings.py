@@ -85,7 +85,7 @@ class Settings:
         default=".aos-admin-token", metadata=_env("AOS_ADMIN_TOKEN_FILE", str)
     )
     #: connections at most, for stores that pool them (a URL option overrides it)
-    store_pool_size: int = field(default=10, metadata=_env("AOS_STORE_POOL_SIZE", _positive_int))
+    store_pool_size: int = field(default=20, metadata=_env("AOS_STORE_POOL_SIZE", _positive_int))
     #: apply pending schema migrations at start; off: refuse to start on an old schema
     migrate_on_start: bool = field(default=True, metadata=_env("AOS_MIGRATE", _bool))
     #: how long a starting node waits for an unreachable store before giving up

@@ -219,7 +219,8 @@ class StorageAdapter(abc.ABC):
         self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
     ) -> None:
         """Replace the job row and append ``events`` to its log, atomically,
-        if the stored revision is still ``expected_revision``.
+        if the stored row is still ``expected_revision`` of the same job (the
+        same ``created_at``: a job deleted and created again never matches).
 
         Raises :class:`RevisionConflict` when it is not, :class:`NotFound` when
         the job is gone. Either way nothing is written.

@@ -93,7 +93,7 @@ class MemoryAdapter(StorageAdapter):
     ) -> None:
         await asyncio.sleep(0)
         ident = (job.namespace, job.job_id)
-        self._check_revision(ident, expected_revision)
+        self._check_revision(ident, expected_revision, job.created_at)
         self._append(ident, events)
         self._jobs[ident] = dumps(job_to_doc(job))
 
@@ -142,11 +142,15 @@ class MemoryAdapter(StorageAdapter):
         jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=query.descending)
         return jobs[: query.limit]
 
-    def _check_revision(self, ident: _JobKey, expected_revision: int) -> None:
+    def _check_revision(
+        self, ident: _JobKey, expected_revision: int, created_at: int | None = None
+    ) -> None:
         raw = self._jobs.get(ident)
         if raw is None:
             raise NotFound(f"job {ident[1]} does not exist")
-        if loads(raw)["revision"] != expected_revision:
+        stored = loads(raw)
+        same_job = created_at is None or stored["createdAt"] == created_at
+        if stored["revision"] != expected_revision or not same_job:
             raise RevisionConflict(f"job {ident[1]} moved past revision {expected_revision}")
 
     def _append(self, ident: _JobKey, events: Sequence[EventRecord]) -> None:

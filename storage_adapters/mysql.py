@@ -1,13 +1,14 @@
 """``mysql://user:pass@host:3306/db``: MySQL and MariaDB through aiomysql.
 
-Each write is one InnoDB transaction: the job row first (``INSERT``, or an
-``UPDATE … WHERE revision = ?`` whose locking read makes a concurrent writer
-wait and then match nothing), then its log entries. Ids and tags are ASCII
+Each write is one InnoDB transaction, sent with its statements in one round
+trip (multi-statements) and committed in a second: the job row first
+(``INSERT``, or an ``UPDATE … WHERE revision = ?`` whose locking read makes a
+concurrent writer wait and then match nothing), then its log entries. Ids and tags are ASCII
 with binary collation, so ordering matches the other stores. MySQL has no
 partial indexes, so non-chunk log entries store a ``NULL`` chunk index.
 Options in the URL query:
 
-* ``pool_size`` — connections at most (default from ``AOS_STORE_POOL_SIZE``, 10);
+* ``pool_size`` — connections at most (default from ``AOS_STORE_POOL_SIZE``, 20);
 * ``connect_timeout`` — seconds to connect (default 5);
 * ``ssl`` — ``true`` to require TLS with the system's CA bundle.
 """
@@ -21,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 
 import aiomysql
 import pymysql
+from pymysql.constants import CLIENT
 
 from .base import Capability, StorageAdapter, StoreURL
 from .errors import (
@@ -112,6 +114,42 @@ _UNAVAILABLE_CODES = {1040, 1053, 1205, 1213, 1290, 1317, 1836, 2002, 2003, 2006
 _DUPLICATE_KEY = 1062
 
 
+Statement = tuple[str, Sequence[Any]]
+
+
+def _insert_events(job: JobRecord, events: Sequence[EventRecord]) -> Statement:
+    rows = event_rows(job, events, null_index=True)
+    marks = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+    return (
+        f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) VALUES {marks}",
+        [value for row in rows for value in row],
+    )
+
+
+async def _begin(cur: aiomysql.Cursor, statements: Sequence[Statement]) -> list[int]:
+    """Open a transaction and run ``statements`` in it, in one round trip.
+
+    Returns each statement's affected-row count; the caller commits or rolls
+    back. If a statement fails, the server runs none after it, and the
+    transaction is rolled back here before the error goes on.
+    """
+    sql = "START TRANSACTION; " + "; ".join(text for text, _ in statements)
+    args = [value for _, values in statements for value in values]
+    counts: list[int] = []
+    try:
+        await cur.execute(sql, args)  # the result of START TRANSACTION
+        for _ in statements:
+            await cur.nextset()
+            counts.append(cur.rowcount)
+    except BaseException:
+        if not cur.connection.closed:
+            while await cur.nextset():
+                pass
+            await cur.execute("ROLLBACK")
+        raise
+    return counts
+
+
 class MySQLAdapter(StorageAdapter):
     schemes: ClassVar[tuple[str, ...]] = ("mysql", "mariadb")
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.TRANSACTIONS})
@@ -148,6 +186,8 @@ class MySQLAdapter(StorageAdapter):
             connect_timeout=self.connect_timeout,
             pool_recycle=300,
             ssl=ssl.create_default_context() if self.use_ssl else None,
+            # A write sends its whole transaction in one round trip (see _begin).
+            client_flag=CLIENT.MULTI_STATEMENTS,
         )
 
     async def _close(self) -> None:
@@ -203,25 +243,13 @@ class MySQLAdapter(StorageAdapter):
             return StoreUnavailable(f"mysql: {exc}")
         return super()._translate(exc)
 
-    async def _with_cursor(
-        self, body: Callable[[aiomysql.Cursor], Awaitable[T]], *, transaction: bool = False
-    ) -> T:
+    async def _with_cursor(self, body: Callable[[aiomysql.Cursor], Awaitable[T]]) -> T:
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("mysql store is not open")
         try:
             async with pool.acquire() as conn, conn.cursor() as cur:
-                if not transaction:
-                    return await body(cur)
-                await conn.begin()
-                try:
-                    result = await body(cur)
-                    await conn.commit()
-                except BaseException:
-                    if not conn.closed:
-                        await conn.rollback()
-                    raise
-                return result
+                return await body(cur)
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError):
             # After a server restart every pooled connection is dead: drop the
             # idle ones now rather than fail one request for each of them.
@@ -246,17 +274,6 @@ class MySQLAdapter(StorageAdapter):
         if row is None:
             return NotFound(f"job {job_id} does not exist")
         return RevisionConflict(f"job {job_id} is at revision {row[0]}, not {expected_revision}")
-
-    @staticmethod
-    async def _insert_events(
-        cur: aiomysql.Cursor, job: JobRecord, events: Sequence[EventRecord]
-    ) -> None:
-        rows = event_rows(job, events, null_index=True)
-        marks = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
-        await cur.execute(
-            f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) VALUES {marks}",
-            [value for row in rows for value in row],
-        )
 
     # -- namespaces and keys ----------------------------------------------
 
@@ -303,35 +320,42 @@ class MySQLAdapter(StorageAdapter):
     # -- jobs --------------------------------------------------------------
 
     async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+        tags = sorted(set(job.tags))
+        statements = [
+            (
+                "INSERT INTO jobs (namespace, job_id, revision, status, created_at, "
+                "expires_at, doc) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    job.namespace,
+                    job.job_id,
+                    job.revision,
+                    job.status.value,
+                    job.created_at,
+                    job.expires_at,
+                    dumps(job_to_doc(job)),
+                ),
+            ),
+            _insert_events(job, events),
+        ]
+        if tags:
+            statements.append(
+                (
+                    "INSERT INTO job_tags (namespace, tag, created_at, job_id) VALUES "
+                    + ", ".join(["(%s, %s, %s, %s)"] * len(tags)),
+                    [v for tag in tags for v in (job.namespace, tag, job.created_at, job.job_id)],
+                )
+            )
+
         async def body(cur: aiomysql.Cursor) -> None:
             try:
-                await cur.execute(
-                    "INSERT INTO jobs (namespace, job_id, revision, status, created_at, "
-                    "expires_at, doc) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        job.namespace,
-                        job.job_id,
-                        job.revision,
-                        job.status.value,
-                        job.created_at,
-                        job.expires_at,
-                        dumps(job_to_doc(job)),
-                    ),
-                )
+                await _begin(cur, statements)
             except pymysql.err.IntegrityError as exc:
                 if exc.args and exc.args[0] == _DUPLICATE_KEY:
                     raise AlreadyExists(f"job {job.job_id} exists") from exc
                 raise
-            tags = sorted(set(job.tags))
-            if tags:
-                await cur.executemany(
-                    "INSERT INTO job_tags (namespace, tag, created_at, job_id) "
-                    "VALUES (%s, %s, %s, %s)",
-                    [(job.namespace, tag, job.created_at, job.job_id) for tag in tags],
-                )
-            await self._insert_events(cur, job, events)
+            await cur.execute("COMMIT")
 
-        await self._with_cursor(body, transaction=True)
+        await self._with_cursor(body)
 
     async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None:
         rows = await self._fetch(
@@ -342,44 +366,58 @@ class MySQLAdapter(StorageAdapter):
     async def _update_job(
         self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
     ) -> None:
+        update = (
+            "UPDATE jobs SET revision = %s, status = %s, expires_at = %s, doc = %s "
+            "WHERE namespace = %s AND job_id = %s AND revision = %s AND created_at = %s",
+            (
+                job.revision,
+                job.status.value,
+                job.expires_at,
+                dumps(job_to_doc(job)),
+                job.namespace,
+                job.job_id,
+                expected_revision,
+                job.created_at,
+            ),
+        )
+
         async def body(cur: aiomysql.Cursor) -> None:
-            await cur.execute(
-                "UPDATE jobs SET revision = %s, status = %s, expires_at = %s, doc = %s "
-                "WHERE namespace = %s AND job_id = %s AND revision = %s",
-                (
-                    job.revision,
-                    job.status.value,
-                    job.expires_at,
-                    dumps(job_to_doc(job)),
-                    job.namespace,
-                    job.job_id,
-                    expected_revision,
-                ),
-            )
-            if cur.rowcount != 1:
+            try:
+                updated, _ = await _begin(cur, [update, _insert_events(job, events)])
+            except pymysql.err.IntegrityError as exc:
+                # The update matched nothing and the log entries ran into the
+                # winner's: the same conflict, seen one statement later.
+                if not exc.args or exc.args[0] != _DUPLICATE_KEY:
+                    raise
+                updated = 0
+            if updated != 1:
+                await cur.execute("ROLLBACK")
                 raise await self._missing_or_moved(
                     cur, job.namespace, job.job_id, expected_revision
                 )
-            await self._insert_events(cur, job, events)
+            await cur.execute("COMMIT")
 
-        await self._with_cursor(body, transaction=True)
+        await self._with_cursor(body)
 
     async def _delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None:
-        async def body(cur: aiomysql.Cursor) -> None:
-            await cur.execute(
+        key = (namespace, job_id)
+        statements = [
+            (
                 "DELETE FROM jobs WHERE namespace = %s AND job_id = %s AND revision = %s",
-                (namespace, job_id, expected_revision),
-            )
-            if cur.rowcount != 1:
-                raise await self._missing_or_moved(cur, namespace, job_id, expected_revision)
-            await cur.execute(
-                "DELETE FROM events WHERE namespace = %s AND job_id = %s", (namespace, job_id)
-            )
-            await cur.execute(
-                "DELETE FROM job_tags WHERE namespace = %s AND job_id = %s", (namespace, job_id)
-            )
+                (*key, expected_revision),
+            ),
+            ("DELETE FROM events WHERE namespace = %s AND job_id = %s", key),
+            ("DELETE FROM job_tags WHERE namespace = %s AND job_id = %s", key),
+        ]
 
-        await self._with_cursor(body, transaction=True)
+        async def body(cur: aiomysql.Cursor) -> None:
+            deleted, *_ = await _begin(cur, statements)
+            if deleted != 1:
+                await cur.execute("ROLLBACK")
+                raise await self._missing_or_moved(cur, namespace, job_id, expected_revision)
+            await cur.execute("COMMIT")
+
+        await self._with_cursor(body)
 
     async def _read_events(
         self, namespace: str, job_id: str, after_seq: int, limit: int

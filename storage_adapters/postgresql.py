@@ -7,13 +7,15 @@ of the update (under READ COMMITTED a concurrent writer waits for the first,
 then sees the new revision and matches nothing). Options in the URL query
 (the rest of the query is handed to asyncpg, e.g. ``sslmode``):
 
-* ``pool_size`` — connections at most (default from ``AOS_STORE_POOL_SIZE``, 10);
+* ``pool_size`` — connections at most (default from ``AOS_STORE_POOL_SIZE``, 20);
 * ``command_timeout`` — seconds a statement may take (default 10);
 * ``connect_timeout`` — seconds to connect or to wait for a pooled connection (default 5).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -110,6 +112,7 @@ _MIGRATION_LOCK = 0x414F535F4D4947  # "AOS_MIG"
 
 _UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
@@ -119,40 +122,63 @@ _UNAVAILABLE = (
     asyncpg.exceptions.DeadlockDetectedError,
 )
 
-# Append the log entries of one write: arrays unnested into rows, one statement.
-_INSERT_EVENTS = f"""
-    INSERT INTO events (namespace, job_id, {EVENT_COLUMNS})
-    SELECT $1, $2, e.* FROM unnest(
-        $3::bigint[], $4::text[], $5::bigint[], $6::integer[], $7::integer[], $8::text[],
-        $9::bytea[]
-    ) AS e
-"""
 
-_CREATE_JOB = f"""
-    WITH job AS (
-        INSERT INTO jobs (namespace, job_id, revision, status, created_at, expires_at, doc)
-        VALUES ($1, $2, $10, $11, $12, $13, $14)
-        ON CONFLICT (namespace, job_id) DO NOTHING
-        RETURNING 1
-    ), tags AS (
-        INSERT INTO job_tags (namespace, tag, created_at, job_id)
-        SELECT $1, t, $12, $2 FROM unnest($15::text[]) AS t WHERE EXISTS (SELECT FROM job)
-    ), log AS (
-        {_INSERT_EVENTS.strip()} WHERE EXISTS (SELECT FROM job)
-    )
-    SELECT count(*) FROM job
-"""
+def _values_of_events(first: int, count: int) -> str:
+    """``SELECT`` rows of ``count`` log entries whose parameters start at ``$first``.
 
-_UPDATE_JOB = f"""
-    WITH job AS (
-        UPDATE jobs SET revision = $10, status = $11, expires_at = $12, doc = $13
-        WHERE namespace = $1 AND job_id = $2 AND revision = $14
-        RETURNING 1
-    ), log AS (
-        {_INSERT_EVENTS.strip()} WHERE EXISTS (SELECT FROM job)
+    Plain parameters rather than arrays: asyncpg encodes arrays element by
+    element in Python, which cost more than the whole statement. One SQL text
+    per count, so the prepared statements stay few (a write appends 1-3 entries).
+    """
+    rows = []
+    for n in range(count):
+        p = first + 7 * n
+        rows.append(
+            f"($1, $2, ${p}::bigint, ${p + 1}::text, ${p + 2}::bigint, ${p + 3}::integer, "
+            f"${p + 4}::integer, ${p + 5}::text, ${p + 6}::bytea)"
+        )
+    return (
+        f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) "
+        f"SELECT * FROM (VALUES {', '.join(rows)}) AS e WHERE EXISTS (SELECT FROM job)"
     )
-    SELECT count(*) FROM job
-"""
+
+
+@functools.lru_cache(maxsize=64)
+def _create_job_sql(events: int, tags: int) -> str:
+    """$1 namespace, $2 job, $3 revision, $4 status, $5 created, $6 expires, $7 doc,
+    then the tags, then the log entries."""
+    tag_rows = ", ".join(f"(${8 + n})" for n in range(tags))
+    tag_cte = (
+        f"tags AS (INSERT INTO job_tags (namespace, tag, created_at, job_id) "
+        f"SELECT $1, t.tag, $5, $2 FROM (VALUES {tag_rows}) AS t(tag) "
+        f"WHERE EXISTS (SELECT FROM job)), "
+        if tags
+        else ""
+    )
+    return f"""
+        WITH job AS (
+            INSERT INTO jobs (namespace, job_id, revision, status, created_at, expires_at, doc)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (namespace, job_id) DO NOTHING
+            RETURNING 1
+        ), {tag_cte}log AS ({_values_of_events(8 + tags, events)})
+        SELECT count(*) FROM job
+    """
+
+
+@functools.lru_cache(maxsize=64)
+def _update_job_sql(events: int) -> str:
+    """$1 namespace, $2 job, $3 revision, $4 status, $5 expires, $6 doc,
+    $7 expected revision, $8 created, then the log entries."""
+    return f"""
+        WITH job AS (
+            UPDATE jobs SET revision = $3, status = $4, expires_at = $5, doc = $6
+            WHERE namespace = $1 AND job_id = $2 AND revision = $7 AND created_at = $8
+            RETURNING 1
+        ), log AS ({_values_of_events(9, events)})
+        SELECT count(*) FROM job
+    """
+
 
 _DELETE_JOB = """
     WITH job AS (
@@ -166,16 +192,18 @@ _DELETE_JOB = """
 """
 
 
-def _event_arrays(events: Sequence[EventRecord]) -> list[list[Any]]:
+def _event_params(events: Sequence[EventRecord]) -> list[Any]:
     return [
-        [e.seq for e in events],
-        [e.kind.value for e in events],
-        [e.at for e in events],
-        [e.version for e in events],
-        [e.index for e in events],
-        [e.format for e in events],
-        [e.data for e in events],
+        value
+        for e in events
+        for value in (e.seq, e.kind.value, e.at, e.version, e.index, e.format, e.data)
     ]
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release: a round trip per request for
+    session state (settings, LISTEN, session locks, cursors) this adapter never
+    leaves behind. Open transactions are still rolled back by the pool."""
 
 
 class PostgreSQLAdapter(StorageAdapter):
@@ -205,6 +233,7 @@ class PostgreSQLAdapter(StorageAdapter):
             command_timeout=self.command_timeout,
             timeout=self.connect_timeout,
             max_inactive_connection_lifetime=60,
+            reset=_keep_session,
         )
 
     async def _close(self) -> None:
@@ -250,14 +279,34 @@ class PostgreSQLAdapter(StorageAdapter):
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("postgresql store is not open")
-        try:
-            async with pool.acquire(timeout=self.connect_timeout) as conn:
-                return await body(conn)
-        except _UNAVAILABLE:
-            # After a server restart every pooled connection is dead: replace the
-            # idle ones now rather than fail one request for each of them.
-            await pool.expire_connections()
-            raise
+        for attempt in (1, 2):
+            try:
+                # asyncio.timeout, not acquire(timeout=...): that one starts a task.
+                async with asyncio.timeout(self.connect_timeout):
+                    conn = await pool.acquire()
+                try:
+                    return await body(conn)
+                except BaseException:
+                    # The connection may still be reading the rest of a failed
+                    # exchange; with no reset query on release, it must not go
+                    # back to the pool as it is.
+                    conn.terminate()
+                    raise
+                finally:
+                    await pool.release(conn)
+            except asyncpg.exceptions.InternalClientError as exc:
+                # A pooled connection the server had already closed (a FATAL
+                # message while it sat idle) refuses the statement before
+                # sending it, so it is safe to send once more on a fresh one.
+                await pool.expire_connections()
+                if attempt == 2 or "cannot switch to state" not in str(exc):
+                    raise
+            except _UNAVAILABLE:
+                # After a server restart every pooled connection is dead: replace
+                # the idle ones now rather than fail one request for each of them.
+                await pool.expire_connections()
+                raise
+        raise AssertionError("unreachable")
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         return await self._with_conn(lambda conn: conn.fetch(sql, *args))
@@ -325,17 +374,18 @@ class PostgreSQLAdapter(StorageAdapter):
     # -- jobs --------------------------------------------------------------
 
     async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+        tags = sorted(set(job.tags))
         created = await self._fetchval(
-            _CREATE_JOB,
+            _create_job_sql(len(events), len(tags)),
             job.namespace,
             job.job_id,
-            *_event_arrays(events),
             job.revision,
             job.status.value,
             job.created_at,
             job.expires_at,
             dumps(job_to_doc(job)),
-            sorted(set(job.tags)),
+            *tags,
+            *_event_params(events),
         )
         if not created:
             raise AlreadyExists(f"job {job.job_id} exists")
@@ -350,15 +400,16 @@ class PostgreSQLAdapter(StorageAdapter):
         self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
     ) -> None:
         updated = await self._fetchval(
-            _UPDATE_JOB,
+            _update_job_sql(len(events)),
             job.namespace,
             job.job_id,
-            *_event_arrays(events),
             job.revision,
             job.status.value,
             job.expires_at,
             dumps(job_to_doc(job)),
             expected_revision,
+            job.created_at,
+            *_event_params(events),
         )
         if not updated:
             raise await self._missing_or_moved(job.namespace, job.job_id, expected_revision)

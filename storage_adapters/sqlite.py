@@ -1,13 +1,22 @@
-"""``sqlite:///path``: the embedded default store (aiosqlite, WAL).
+"""``sqlite:///path``: the embedded default store (SQLite in WAL mode).
 
-One writer connection, serialised by a lock, does every write as one
-``BEGIN IMMEDIATE`` transaction; reads go round-robin to a few read-only
-connections, which WAL lets run beside the writer. Options in the URL query:
+Writes go through one writer connection on its own thread with **group
+commit**: the writes waiting at a moment share one ``BEGIN IMMEDIATE …
+COMMIT`` (each inside a savepoint, so a failed compare-and-set undoes only
+itself), and so one fsync and one thread hop. Every write is acknowledged only
+after the commit that holds it. Point reads (a job, a key, a namespace) run
+on the event loop with a read-only connection, which is faster than any
+thread hop for a keyed lookup of a few KB; range reads (logs, output, lists)
+run on aiosqlite reader threads. WAL lets all of them read beside the writer.
+
+Options in the URL query:
 
 * ``synchronous`` — ``full`` (default: a commit survives power loss) or
-  ``normal`` (survives a process crash, not a power loss; ~10x faster commits);
-* ``readers`` — read connections (default 2);
-* ``busy_timeout`` — milliseconds to wait on a locked database (default 5000).
+  ``normal`` (survives a process crash, not a power loss; faster commits);
+* ``readers`` — reader threads for range reads (default 2);
+* ``busy_timeout`` — milliseconds to wait for a lock held by another process
+  (default 5000);
+* ``max_batch`` — writes at most in one group commit (default 256).
 
 ``sqlite:///aos.db`` is ``aos.db`` relative to the working directory;
 ``sqlite:////var/lib/aos/aos.db`` is absolute.
@@ -19,13 +28,14 @@ import asyncio
 import itertools
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 
-from .base import Capability, StorageAdapter, StoreURL, shielded
+from .base import Capability, StorageAdapter, StoreURL
 from .errors import (
     AlreadyExists,
     ConfigurationError,
@@ -51,6 +61,7 @@ from .sql import EVENT_COLUMNS, Params, event_from_row, event_rows, list_jobs_sq
 __all__ = ["MIGRATIONS", "SQLiteAdapter"]
 
 T = TypeVar("T")
+Write = Callable[[sqlite3.Connection], Any]
 
 #: Versioned schema; each entry runs once, in order, in its own transaction.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -121,6 +132,126 @@ _UNAVAILABLE_MESSAGES = (
 )
 
 
+def _missing_or_moved(
+    db: sqlite3.Connection, namespace: str, job_id: str, expected_revision: int
+) -> StoreError:
+    row = db.execute(
+        "SELECT revision FROM jobs WHERE namespace = ? AND job_id = ?", (namespace, job_id)
+    ).fetchone()
+    if row is None:
+        return NotFound(f"job {job_id} does not exist")
+    return RevisionConflict(f"job {job_id} is at revision {row[0]}, not {expected_revision}")
+
+
+def _insert_events(db: sqlite3.Connection, job: JobRecord, events: Sequence[EventRecord]) -> None:
+    db.executemany(
+        f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        event_rows(job, events),
+    )
+
+
+class _GroupCommitWriter:
+    """One connection on one thread; the writes waiting together share a commit."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], max_batch: int) -> None:
+        self._connect = connect
+        self._max_batch = max_batch
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="aos-sqlite-writer")
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._db = await loop.run_in_executor(self._executor, self._connect)
+        self._task = asyncio.create_task(self._run(), name="aos-sqlite-group-commit")
+
+    async def run(self, write: Write) -> Any:
+        """Apply ``write`` in the next group commit; its result once committed."""
+        if self._task is None or self._task.done():
+            raise StoreUnavailable("sqlite store is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
+        self._wakeup.set()
+        return await future
+
+    async def alone(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on the writer's thread outside any group (migrations)."""
+        assert self._db is not None
+        db = self._db
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, db)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self._executor, self._commit, [write for write, _ in batch]
+                    )
+                except Exception as exc:  # the thread itself failed
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+
+    def _commit(self, writes: list[Write]) -> list[tuple[bool, Any]]:
+        """In the writer thread: one transaction, a savepoint per write.
+
+        A write that raises undoes only its savepoint; if the transaction as a
+        whole fails (BEGIN, a savepoint or COMMIT), every write in it fails.
+        """
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            outcomes: list[tuple[bool, Any]] = []
+            for write in writes:
+                db.execute("SAVEPOINT w")
+                try:
+                    outcomes.append((True, write(db)))
+                except Exception as exc:
+                    db.execute("ROLLBACK TO w")
+                    outcomes.append((False, exc))
+                db.execute("RELEASE w")
+            db.execute("COMMIT")
+        except Exception as exc:
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection is unusable; the next BEGIN will say so
+            return [(False, exc)] * len(writes)
+        return outcomes
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(StoreUnavailable("sqlite store closed"))
+        self._pending = []
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+
 class SQLiteAdapter(StorageAdapter):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.TRANSACTIONS})
@@ -141,83 +272,63 @@ class SQLiteAdapter(StorageAdapter):
         try:
             self.reader_count = int(options.pop("readers", "2"))
             self.busy_timeout = int(options.pop("busy_timeout", "5000"))
+            self.max_batch = int(options.pop("max_batch", "256"))
         except ValueError as exc:
             raise ConfigurationError(f"sqlite options must be integers: {exc}") from exc
-        if self.reader_count < 1:
-            raise ConfigurationError("sqlite readers must be at least 1")
+        if self.reader_count < 1 or self.max_batch < 1:
+            raise ConfigurationError("sqlite readers and max_batch must be at least 1")
         if options:
             raise ConfigurationError(f"unknown sqlite options: {', '.join(sorted(options))}")
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: _GroupCommitWriter | None = None
+        self._point: sqlite3.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._reader_cycle: Iterator[aiosqlite.Connection] = iter(())
-        self._write_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def _connect(self, *, readonly: bool) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(
-            self.path, isolation_level=None, timeout=self.busy_timeout / 1000
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=self.busy_timeout / 1000,
+            check_same_thread=False,
         )
-        await db.execute(f"PRAGMA busy_timeout = {self.busy_timeout}")
-        await db.execute("PRAGMA foreign_keys = ON")
-        if readonly:
-            await db.execute("PRAGMA query_only = ON")
-        else:
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        db.execute(f"PRAGMA busy_timeout = {self.busy_timeout}")
         return db
 
     async def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect(readonly=False)
-        self._readers = [await self._connect(readonly=True) for _ in range(self.reader_count)]
+        self._writer = _GroupCommitWriter(self._connect_writer, self.max_batch)
+        await self._writer.start()
+        # Point reads on the event loop never wait for a lock: a busy database
+        # sends them to a reader thread instead (see _point_read).
+        self._point = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        self._point.execute("PRAGMA query_only = ON")
+        for _ in range(self.reader_count):
+            reader = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=self.busy_timeout / 1000
+            )
+            await reader.execute("PRAGMA query_only = ON")
+            self._readers.append(reader)
         self._reader_cycle = itertools.cycle(self._readers)
 
     async def _migrate(self, apply: bool) -> list[int]:
-        db = self._writer
-        assert db is not None
-        await db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-        )
-        rows = await db.execute_fetchall("SELECT version FROM schema_migrations")
-        applied = {row[0] for row in rows}
-        pending = [version for version, _ in MIGRATIONS if version not in applied]
-        if not apply:
-            return pending
-        done = []
-        for version, script in MIGRATIONS:
-            if version not in pending:
-                continue
-            # The immediate transaction takes the write lock, so a second process
-            # migrating at the same time waits, then finds the version applied.
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                found = await db.execute_fetchall(
-                    "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
-                )
-                if not list(found):
-                    for statement in (s.strip() for s in script.split(";")):
-                        if statement:
-                            await db.execute(statement)
-                    await db.execute(
-                        "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                        (version, int(time.time() * 1_000_000)),
-                    )
-                    done.append(version)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-        return done
+        assert self._writer is not None
+        return await self._writer.alone(lambda db: _migrate(db, apply))
 
     async def _close(self) -> None:
-        for db in [*self._readers, self._writer]:
-            if db is not None:
-                await db.close()
-        self._readers = []
+        readers, self._readers = self._readers, []
         self._reader_cycle = iter(())
-        self._writer = None
+        for reader in readers:
+            await reader.close()
+        if self._point is not None:
+            self._point.close()
+            self._point = None
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
 
     async def _ping(self) -> None:
         await self._read("SELECT 1", ())
@@ -241,63 +352,50 @@ class SQLiteAdapter(StorageAdapter):
             raise StoreUnavailable("sqlite store is not open")
         return list(await db.execute_fetchall(sql, params))
 
-    async def _write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run ``body`` in one immediate transaction on the writer.
+    async def _point_read(self, sql: str, params: Sequence[Any]) -> Any:
+        """The first row of a keyed lookup, read on the event loop."""
+        if self._point is None:
+            raise StoreUnavailable("sqlite store is not open")
+        try:
+            return self._point.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
+                raise
+        rows = await self._read(sql, params)
+        return rows[0] if rows else None
 
-        The transaction is shielded: a cancelled request never leaves it half
-        done, and its outcome is what the store holds.
-        """
-
-        async def transaction() -> T:
-            db = self._writer
-            if db is None:
-                raise StoreUnavailable("sqlite store is not open")
-            async with self._write_lock:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = await body(db)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                    raise
-                return result
-
-        return await shielded(transaction())
+    async def _write(self, write: Write) -> Any:
+        if self._writer is None:
+            raise StoreUnavailable("sqlite store is not open")
+        return await self._writer.run(write)
 
     # -- namespaces and keys ----------------------------------------------
 
     async def _put_namespace(self, namespace: NamespaceRecord) -> None:
-        async def body(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        row = (namespace.name, dumps(namespace.config), namespace.created_at, namespace.updated_at)
+        await self._write(
+            lambda db: db.execute(
                 "INSERT INTO namespaces (name, config, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "config = excluded.config, updated_at = excluded.updated_at",
-                (
-                    namespace.name,
-                    dumps(namespace.config),
-                    namespace.created_at,
-                    namespace.updated_at,
-                ),
+                row,
             )
-
-        await self._write(body)
+        )
 
     async def _get_namespace(self, name: str) -> NamespaceRecord | None:
-        rows = await self._read(
-            "SELECT name, config, created_at, updated_at FROM namespaces WHERE name = ?", (name,)
+        row = await self._point_read(
+            "SELECT config, created_at, updated_at FROM namespaces WHERE name = ?", (name,)
         )
-        if not rows:
+        if row is None:
             return None
-        row = rows[0]
         return NamespaceRecord(
-            name=row[0], config=loads(row[1]), created_at=row[2], updated_at=row[3]
+            name=name, config=loads(row[0]), created_at=row[1], updated_at=row[2]
         )
 
     async def _create_key(self, key: KeyRecord) -> None:
-        async def body(db: aiosqlite.Connection) -> None:
+        def write(db: sqlite3.Connection) -> None:
             try:
-                await db.execute(
+                db.execute(
                     "INSERT INTO api_keys (namespace, key_id, role, secret_hash, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (key.namespace, key.key_id, key.role, key.secret_hash, key.created_at),
@@ -305,24 +403,26 @@ class SQLiteAdapter(StorageAdapter):
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"key {key.key_id} exists") from exc
 
-        await self._write(body)
+        await self._write(write)
 
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
-        rows = await self._read(
+        row = await self._point_read(
             "SELECT role, secret_hash, created_at FROM api_keys WHERE namespace = ? AND key_id = ?",
             (namespace, key_id),
         )
-        if not rows:
+        if row is None:
             return None
-        role, secret_hash, created_at = rows[0]
+        role, secret_hash, created_at = row
         return KeyRecord(namespace, key_id, role, secret_hash, created_at)
 
     # -- jobs --------------------------------------------------------------
 
     async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
-        async def body(db: aiosqlite.Connection) -> None:
+        doc = dumps(job_to_doc(job))
+
+        def write(db: sqlite3.Connection) -> None:
             try:
-                await db.execute(
+                db.execute(
                     "INSERT INTO jobs (namespace, job_id, revision, status, created_at, "
                     "expires_at, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -332,88 +432,65 @@ class SQLiteAdapter(StorageAdapter):
                         job.status.value,
                         job.created_at,
                         job.expires_at,
-                        dumps(job_to_doc(job)),
+                        doc,
                     ),
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"job {job.job_id} exists") from exc
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO job_tags (namespace, tag, created_at, job_id) VALUES (?, ?, ?, ?)",
                 [(job.namespace, tag, job.created_at, job.job_id) for tag in set(job.tags)],
             )
-            await self._insert_events(db, job, events)
+            _insert_events(db, job, events)
 
-        await self._write(body)
-
-    async def _insert_events(
-        self, db: aiosqlite.Connection, job: JobRecord, events: Sequence[EventRecord]
-    ) -> None:
-        await db.executemany(
-            f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            event_rows(job, events),
-        )
+        await self._write(write)
 
     async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None:
-        rows = await self._read(
+        row = await self._point_read(
             "SELECT doc FROM jobs WHERE namespace = ? AND job_id = ?", (namespace, job_id)
         )
-        return job_from_doc(loads(rows[0][0])) if rows else None
-
-    async def _missing_or_moved(
-        self, db: aiosqlite.Connection, namespace: str, job_id: str, expected_revision: int
-    ) -> StoreError:
-        rows = list(
-            await db.execute_fetchall(
-                "SELECT revision FROM jobs WHERE namespace = ? AND job_id = ?",
-                (namespace, job_id),
-            )
-        )
-        if not rows:
-            return NotFound(f"job {job_id} does not exist")
-        return RevisionConflict(
-            f"job {job_id} is at revision {rows[0][0]}, not {expected_revision}"
-        )
+        return job_from_doc(loads(row[0])) if row is not None else None
 
     async def _update_job(
         self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
     ) -> None:
-        async def body(db: aiosqlite.Connection) -> None:
-            cursor = await db.execute(
+        doc = dumps(job_to_doc(job))
+
+        def write(db: sqlite3.Connection) -> None:
+            cursor = db.execute(
                 "UPDATE jobs SET revision = ?, status = ?, expires_at = ?, doc = ? "
-                "WHERE namespace = ? AND job_id = ? AND revision = ?",
+                "WHERE namespace = ? AND job_id = ? AND revision = ? AND created_at = ?",
                 (
                     job.revision,
                     job.status.value,
                     job.expires_at,
-                    dumps(job_to_doc(job)),
+                    doc,
                     job.namespace,
                     job.job_id,
                     expected_revision,
+                    job.created_at,
                 ),
             )
             if cursor.rowcount != 1:
-                raise await self._missing_or_moved(db, job.namespace, job.job_id, expected_revision)
-            await self._insert_events(db, job, events)
+                raise _missing_or_moved(db, job.namespace, job.job_id, expected_revision)
+            _insert_events(db, job, events)
 
-        await self._write(body)
+        await self._write(write)
 
     async def _delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None:
-        async def body(db: aiosqlite.Connection) -> None:
-            cursor = await db.execute(
+        def write(db: sqlite3.Connection) -> None:
+            cursor = db.execute(
                 "DELETE FROM jobs WHERE namespace = ? AND job_id = ? AND revision = ?",
                 (namespace, job_id, expected_revision),
             )
             if cursor.rowcount != 1:
-                raise await self._missing_or_moved(db, namespace, job_id, expected_revision)
-            await db.execute(
-                "DELETE FROM events WHERE namespace = ? AND job_id = ?", (namespace, job_id)
-            )
-            await db.execute(
+                raise _missing_or_moved(db, namespace, job_id, expected_revision)
+            db.execute("DELETE FROM events WHERE namespace = ? AND job_id = ?", (namespace, job_id))
+            db.execute(
                 "DELETE FROM job_tags WHERE namespace = ? AND job_id = ?", (namespace, job_id)
             )
 
-        await self._write(body)
+        await self._write(write)
 
     async def _read_events(
         self, namespace: str, job_id: str, after_seq: int, limit: int
@@ -451,3 +528,42 @@ class SQLiteAdapter(StorageAdapter):
         params = Params("qmark")
         rows = await self._read(list_jobs_sql(namespace, query, params), params.values)
         return [job_from_doc(loads(row[0])) for row in rows]
+
+
+def _migrate(db: sqlite3.Connection, apply: bool) -> list[int]:
+    """In the writer thread: the pending migrations, applied first when ``apply``.
+
+    Each runs in an immediate transaction, which takes the write lock, so a
+    second process migrating at the same time waits and then finds it applied.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+    )
+    applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+    pending = [version for version, _ in MIGRATIONS if version not in applied]
+    if not apply:
+        return pending
+    done = []
+    for version, script in MIGRATIONS:
+        if version not in pending:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            found = db.execute(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+            ).fetchone()
+            if found is None:
+                for statement in (s.strip() for s in script.split(";")):
+                    if statement:
+                        db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, int(time.time() * 1_000_000)),
+                )
+                done.append(version)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return done

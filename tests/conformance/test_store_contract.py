@@ -367,3 +367,17 @@ async def test_reopening_keeps_data_unless_the_store_is_ephemeral(
     finally:
         await reopened.close()
         await store.open()  # the fixture closes it
+
+
+async def test_compare_and_set_tells_a_recreated_job_apart(store: StorageAdapter) -> None:
+    """A writer holding the row of a deleted job never writes into its successor,
+    even when the successor is at the same revision."""
+    old = await created(store, "job-1")
+    await store.delete_job(NS, "job-1", old.revision)
+    new = await created(store, "job-1", at=T0 + 10)
+    assert new.revision == old.revision
+    stale = lifecycle.append_chunk(old, b"late", OutputFormat.TEXT, "text/plain", T0 + 20)
+    with pytest.raises(RevisionConflict):
+        await store.update_job(stale.job, stale.events, old.revision)
+    assert await store.get_job(NS, "job-1") == new
+    assert [e.seq for e in await store.read_events(NS, "job-1", 0, 10)] == [1]
