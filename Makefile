@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean
+.PHONY: run test lint format venv clean bench-store
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: venv lint
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
 	$(BIN)/pytest
+
+## bench-store: submit/append/status latency on SQLite, PostgreSQL and MySQL (docs/benchmarks.md)
+bench-store: venv
+	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
+	eval "$$env_lines"; \
+	$(BIN)/python -m loadtests.bench_store --stores sqlite,postgresql,mysql
 
 format: venv
 	$(BIN)/ruff check --fix .
