@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean bench-store
+.PHONY: run test lint format venv clean bench-store bench-webhooks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ bench-store: venv
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
 	$(BIN)/python -m loadtests.bench_store --stores sqlite,postgresql,mysql
+
+## bench-webhooks: signed deliveries per second to a local receiver (docs/benchmarks.md)
+bench-webhooks: venv
+	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
+	eval "$$env_lines"; \
+	$(BIN)/python -m loadtests.bench_webhooks --stores sqlite,postgresql,mysql
 
 format: venv
 	$(BIN)/ruff check --fix .

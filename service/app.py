@@ -12,8 +12,12 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from storage_adapters import StorageAdapter, StoreUnavailable, adapter_for
+from webhooks.client import HttpClient
+from webhooks.drainer import Drainer, DrainerMetrics, DrainerSettings
+from webhooks.ssrf import AddressGuard
 
-from .api import AppState, routes
+from . import __version__
+from .api import AppState
 from .auth import Authenticator
 from .hub import Hub
 from .jobs import JobService
@@ -22,6 +26,7 @@ from .metrics import Metrics
 from .middleware import RequestMiddleware
 from .namespaces import NamespaceDirectory
 from .openapi import build_openapi
+from .routes import routes
 from .routing import SegmentRouter
 from .settings import Settings
 
@@ -97,6 +102,28 @@ def create_app(
         max_events=settings.subscriber_queue_events,
         max_bytes=settings.subscriber_queue_bytes,
     )
+    namespaces = NamespaceDirectory(store, ttl=settings.key_cache_seconds)
+    drainer: Drainer | None = None
+    if settings.webhooks:
+        client = HttpClient(
+            AddressGuard(settings.webhook_allow_networks),
+            timeout=settings.webhook_timeout,
+            user_agent=f"aos-webhooks/{__version__}",
+        )
+        drainer = Drainer(
+            store,
+            client,
+            DrainerSettings(
+                node_id=settings.node_id,
+                batch=settings.webhook_batch,
+                concurrency=settings.webhook_concurrency,
+                per_endpoint=settings.webhook_endpoint_concurrency,
+                lease_seconds=settings.webhook_lease,
+                poll_interval=settings.webhook_poll,
+            ),
+            DrainerMetrics(metrics.registry),
+            namespaces.hooks,
+        )
     state = AppState(
         settings=settings,
         store=store,
@@ -105,25 +132,33 @@ def create_app(
             store,
             hub,
             metrics,
+            namespaces=namespaces,
             max_versions=settings.max_versions,
             default_retention=settings.default_retention,
+            output_interval=settings.webhook_output_interval,
+            on_deliveries=drainer.wake if drainer is not None else lambda: None,
         ),
         auth=Authenticator(store, settings.admin_token, settings.key_cache_seconds),
-        namespaces=NamespaceDirectory(store, ttl=settings.key_cache_seconds),
+        namespaces=namespaces,
         metrics=metrics,
         openapi=build_openapi(),
+        drainer=drainer,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await _open_store(store, settings)
-        watcher = asyncio.create_task(_watch_store(state), name="aos-store-watch")
+        tasks = [asyncio.create_task(_watch_store(state), name="aos-store-watch")]
+        if drainer is not None:
+            tasks.append(asyncio.create_task(drainer.run(), name="aos-webhooks"))
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if drainer is not None:
+                await drainer.client.close()
             hub.close_all()
             await store.close()
             log_event(logger, "store.closed")

@@ -46,6 +46,8 @@ from .hub import Hub, HubEvent, Topic
 from .ids import new_job_id
 from .logs import log_event
 from .metrics import Metrics
+from .namespaces import NamespaceDirectory
+from .outbox import with_deliveries
 from .views import event_frame, terminal_status
 
 __all__ = ["AppendResult", "JobNotFound", "JobService", "NewJob"]
@@ -112,14 +114,20 @@ class JobService:
         hub: Hub,
         metrics: Metrics,
         *,
+        namespaces: NamespaceDirectory,
         max_versions: int,
         default_retention: int | None,
+        output_interval: float = 1.0,
+        on_deliveries: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = now_us,
         recent_jobs: int = 10_000,
     ) -> None:
         self.store = store
         self.hub = hub
         self.metrics = metrics
+        self.namespaces = namespaces
+        self.output_interval = int(output_interval * 1_000_000)
+        self.on_deliveries = on_deliveries
         self.max_versions = max_versions
         self.default_retention = default_retention
         self.clock = clock
@@ -206,7 +214,7 @@ class JobService:
                     ttl=ttl,
                 )
                 try:
-                    await shielded(self._write(None, change))
+                    change = await shielded(self._write(None, change, namespace))
                 except AlreadyExists:
                     pass
                 else:
@@ -322,7 +330,7 @@ class JobService:
                 if not change.events:
                     return change
                 try:
-                    await shielded(self._write(job, change))
+                    change = await shielded(self._write(job, change))
                 except (RevisionConflict, NotFound):
                     self._forget(topic)
                     continue
@@ -339,14 +347,27 @@ class JobService:
     def _forget(self, topic: Topic) -> None:
         self._recent.pop(topic, None)
 
-    async def _write(self, before: JobRecord | None, change: lifecycle.Change) -> None:
-        """Write the change, then publish it and account for it."""
+    async def _write(
+        self,
+        before: JobRecord | None,
+        change: lifecycle.Change,
+        namespace: NamespaceRecord | None = None,
+    ) -> lifecycle.Change:
+        """Write the change with the webhooks it queues, then publish and account
+        for it. Returns the change as written."""
+        if namespace is None:
+            namespace = await self.namespaces.get(change.job.namespace)
+        change, deliveries = with_deliveries(
+            before, change, namespace, self.clock(), self.output_interval
+        )
         job = change.job
         if before is None:
-            await self.store.create_job(job, change.events)
+            await self.store.create_job(job, change.events, deliveries)
         else:
-            await self.store.update_job(job, change.events, before.revision)
+            await self.store.update_job(job, change.events, before.revision, deliveries)
         self._remember(job)
+        if deliveries:
+            self.on_deliveries()
         topic = (job.namespace, job.job_id)
         if self.hub.has_subscribers(topic):
             self.hub.publish(topic, list(_hub_events(change.events)))
@@ -354,6 +375,7 @@ class JobService:
             self.metrics.events_of(event.kind.value).inc()
             if event.kind is EventKind.STATUS:
                 self._log_transition(job, event)
+        return change
 
     def _log_transition(self, job: JobRecord, event: EventRecord) -> None:
         status = _status_of(event)

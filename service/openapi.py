@@ -233,11 +233,30 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "defaultRetentionPolicy": {"oneOf": [_ref("RetentionPolicy"), {"type": "null"}]},
             "webhookUrl": {"type": ["string", "null"], "format": "uri"},
+            "webhookRetrySchedule": {
+                "type": ["array", "null"],
+                "maxItems": 20,
+                "items": _DURATION,
+                "description": "Waits before each retry; default 5s, 5m, 30m, 2h, 5h, 10h, 10h",
+            },
+            "webhookSecret": {
+                "type": "string",
+                "pattern": "^whsec_",
+                "description": "Replace the signing secrets with this one",
+            },
         },
     },
     "Namespace": {
         "type": "object",
-        "required": ["name", "defaultRetentionPolicy", "webhookUrl", "createdAt", "updatedAt"],
+        "required": [
+            "name",
+            "defaultRetentionPolicy",
+            "webhookUrl",
+            "webhookRetrySchedule",
+            "webhookSecrets",
+            "createdAt",
+            "updatedAt",
+        ],
         "properties": {
             "name": {"type": "string", "pattern": _NAME},
             "defaultRetentionPolicy": {
@@ -245,8 +264,86 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"ttl": {"type": "integer"}},
             },
             "webhookUrl": {"type": ["string", "null"]},
+            "webhookRetrySchedule": {"type": ["array", "null"], "items": {"type": "number"}},
+            "webhookSecrets": {
+                "type": "array",
+                "description": "Signing secrets, newest first; all unexpired ones sign",
+                "items": {
+                    "type": "object",
+                    "required": ["secret", "createdAt", "expiresAt"],
+                    "properties": {
+                        "secret": {"type": "string", "pattern": "^whsec_"},
+                        "createdAt": _TS,
+                        "expiresAt": _TS_OR_NULL,
+                    },
+                },
+            },
             "createdAt": _TS,
             "updatedAt": _TS,
+        },
+    },
+    "Delivery": {
+        "type": "object",
+        "required": [
+            "deliveryId",
+            "jobId",
+            "eventType",
+            "url",
+            "state",
+            "attempts",
+            "nextAttemptAt",
+            "createdAt",
+            "updatedAt",
+            "lastStatus",
+            "lastError",
+            "log",
+            "payload",
+        ],
+        "properties": {
+            "deliveryId": {"type": "string", "description": "The webhook-id header"},
+            "jobId": {"type": "string"},
+            "eventType": {"enum": ["job.status", "job.output", "job.completed"]},
+            "url": {"type": "string"},
+            "state": {"enum": ["pending", "succeeded", "dead"]},
+            "attempts": {"type": "integer"},
+            "nextAttemptAt": _TS_OR_NULL,
+            "createdAt": _TS,
+            "updatedAt": _TS,
+            "lastStatus": {"type": ["integer", "null"]},
+            "lastError": {"type": ["string", "null"]},
+            "log": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["at", "status", "latencyMs", "error", "response"],
+                    "properties": {
+                        "at": _TS,
+                        "status": {"type": ["integer", "null"]},
+                        "latencyMs": {"type": "number"},
+                        "error": {"type": ["string", "null"]},
+                        "response": {"type": ["string", "null"]},
+                    },
+                },
+            },
+            "payload": {"type": "object", "required": ["type", "timestamp", "data"]},
+        },
+    },
+    "DeliveryList": {
+        "type": "object",
+        "required": ["items", "nextCursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("Delivery")},
+            "nextCursor": {"type": ["string", "null"]},
+        },
+    },
+    "Endpoint": {
+        "type": "object",
+        "required": ["url", "disabled", "disabledAt", "reason"],
+        "properties": {
+            "url": {"type": "string"},
+            "disabled": {"type": "boolean"},
+            "disabledAt": _TS_OR_NULL,
+            "reason": {"type": ["string", "null"]},
         },
     },
     "KeyRequest": {
@@ -536,6 +633,42 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
                 },
             ),
         },
+        f"{prefix}/{{jobId}}/deliveries": {
+            "parameters": jp,
+            "get": op(
+                "listJobDeliveries",
+                "The job's webhook deliveries and their attempts",
+                {"200": _json(_ref("DeliveryList"), "One page, newest first"), "404": _NOT_FOUND},
+                parameters=[
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "Page size (default 50)",
+                    ),
+                    _query("cursor", {"type": "string"}, "nextCursor of the last page"),
+                ],
+            ),
+        },
+        f"{prefix}/{{jobId}}/deliveries/{{deliveryId}}/retry": {
+            "parameters": [
+                *jp,
+                {
+                    "name": "deliveryId",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            ],
+            "post": op(
+                "retryDelivery",
+                "Replay one delivery now, with a fresh retry budget",
+                {
+                    "202": _json(_ref("Delivery"), "Queued"),
+                    "404": _problem("No such delivery for this job"),
+                    "409": _problem("The delivery is being attempted right now"),
+                },
+            ),
+        },
         f"{prefix}/{{jobId}}/stream": {
             "parameters": jp,
             "get": op(
@@ -613,6 +746,120 @@ def build_openapi() -> dict[str, Any]:
                     "422": _problem("Invalid body"),
                 },
                 body=_json_body("KeyRequest"),
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/webhook-secrets": {
+            "parameters": [ns_param],
+            "post": _operation(
+                "rotateWebhookSecret",
+                "Make a new signing secret; the current ones keep signing for the grace period",
+                {
+                    "201": _json(_ref("Namespace"), "The namespace with its secrets"),
+                    "404": _problem("No such namespace"),
+                    "422": _problem("Invalid body"),
+                },
+                body={
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"gracePeriod": _DURATION},
+                            }
+                        }
+                    },
+                },
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/webhook-endpoints": {
+            "parameters": [ns_param],
+            "get": _operation(
+                "listWebhookEndpoints",
+                "Endpoints known to the namespace",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": _ref("Endpoint")}},
+                        },
+                        "Endpoints",
+                    )
+                },
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/webhook-endpoints/enable": {
+            "parameters": [ns_param],
+            "post": _operation(
+                "enableWebhookEndpoint",
+                "Enable an endpoint that a 410 disabled",
+                {"200": _json(_ref("Endpoint"), "Enabled"), "422": _problem("Invalid body")},
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["url"],
+                                "additionalProperties": False,
+                                "properties": {"url": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/deliveries": {
+            "parameters": [ns_param],
+            "get": _operation(
+                "listDeliveries",
+                "The namespace's deliveries, e.g. the dead ones",
+                {"200": _json(_ref("DeliveryList"), "One page, newest first")},
+                parameters=[
+                    _query("state", {"enum": ["pending", "succeeded", "dead"]}, "Only these"),
+                    _query("since", _TS, "Created at or after"),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "Page size (default 50)",
+                    ),
+                    _query("cursor", {"type": "string"}, "nextCursor of the last page"),
+                ],
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/deliveries/replay": {
+            "parameters": [ns_param],
+            "post": _operation(
+                "replayDeadDeliveries",
+                "Replay the dead deliveries created since a time",
+                {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "required": ["requeued", "more"],
+                            "properties": {
+                                "requeued": {"type": "integer"},
+                                "more": {"type": "boolean"},
+                            },
+                        },
+                        "How many were requeued; more: call again for the rest",
+                    ),
+                    "422": _problem("Invalid body"),
+                },
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["since"],
+                                "additionalProperties": False,
+                                "properties": {"since": _TS},
+                            }
+                        }
+                    },
+                },
             ),
         },
         "/healthz": {

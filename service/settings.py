@@ -7,6 +7,7 @@ with a message naming the variable, never later on a request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -60,6 +61,13 @@ def _retention(raw: str) -> int | None:
     if seconds < 1:
         raise ValueError("must be at least one second, or 'none' to keep jobs forever")
     return seconds
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    networks = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
 
 
 def _optional_secret(raw: str) -> Secret | None:
@@ -131,6 +139,32 @@ class Settings:
     key_cache_seconds: float = field(default=10.0, metadata=_env("AOS_KEY_CACHE", _seconds))
     store_check_interval: float = field(
         default=5.0, metadata=_env("AOS_STORE_CHECK_INTERVAL", _seconds)
+    )
+
+    # -- webhooks -----------------------------------------------------------
+    #: run the outbox drainer on this node
+    webhooks: bool = field(default=True, metadata=_env("AOS_WEBHOOKS", _bool))
+    webhook_timeout: float = field(default=15.0, metadata=_env("AOS_WEBHOOK_TIMEOUT", _seconds))
+    webhook_concurrency: int = field(
+        default=256, metadata=_env("AOS_WEBHOOK_CONCURRENCY", _positive_int)
+    )
+    webhook_endpoint_concurrency: int = field(
+        default=64, metadata=_env("AOS_WEBHOOK_ENDPOINT_CONCURRENCY", _positive_int)
+    )
+    webhook_batch: int = field(default=200, metadata=_env("AOS_WEBHOOK_BATCH", _positive_int))
+    webhook_lease: float = field(default=60.0, metadata=_env("AOS_WEBHOOK_LEASE", _seconds))
+    webhook_poll: float = field(default=1.0, metadata=_env("AOS_WEBHOOK_POLL", _seconds))
+    #: job.output webhooks: at most one per job per this many seconds
+    webhook_output_interval: float = field(
+        default=1.0, metadata=_env("AOS_WEBHOOK_OUTPUT_INTERVAL", _seconds)
+    )
+    #: how long the previous secret still signs after a rotation
+    webhook_secret_grace: float = field(
+        default=86_400.0, metadata=_env("AOS_WEBHOOK_SECRET_GRACE", _seconds)
+    )
+    #: networks webhooks may reach although they are private (comma-separated CIDRs)
+    webhook_allow_networks: tuple[str, ...] = field(
+        default=(), metadata=_env("AOS_WEBHOOK_ALLOW_NETWORKS", _networks)
     )
 
     @classmethod

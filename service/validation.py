@@ -130,6 +130,9 @@ def _url(value: Any, pointer: str, errors: _Errors) -> str | None:
     if len(value) > MAX_URL_LENGTH:
         errors.add(pointer, f"must be at most {MAX_URL_LENGTH} characters")
         return None
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        errors.add(pointer, "must not contain spaces or control characters")
+        return None
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         errors.add(pointer, "must be an absolute http:// or https:// URL")
@@ -274,17 +277,53 @@ def parse_status_patch(body: Mapping[str, Any]) -> StatusPatch:
     return StatusPatch(status=status, progress=progress, estimated_completion=eta, error=error)
 
 
-def parse_namespace_config(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored configuration of ``PUT /namespaces/{ns}``; ``{}`` means defaults."""
+MAX_RETRIES = 20
+MAX_RETRY_DELAY = 7 * 86_400
+SECRET_RE = re.compile(r"whsec_[A-Za-z0-9+/]{32,256}={0,2}")
+
+
+def _schedule(value: Any, errors: _Errors) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_RETRIES:
+        errors.add("/webhookRetrySchedule", f"must be a list of at most {MAX_RETRIES} durations")
+        return None
+    delays = []
+    for i, item in enumerate(value):
+        try:
+            seconds = parse_duration(item)
+        except ValueError as exc:
+            errors.add(f"/webhookRetrySchedule/{i}", str(exc))
+            continue
+        if not 1 <= seconds <= MAX_RETRY_DELAY:
+            errors.add(f"/webhookRetrySchedule/{i}", "must be from 1 second to 7 days")
+        delays.append(seconds)
+    return delays
+
+
+def parse_namespace_config(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The settings of ``PUT /namespaces/{ns}`` (``{}`` means defaults), and
+    the signing secret it sets, if it sets one."""
     errors = _Errors()
-    _unknown_fields(body, {"defaultRetentionPolicy", "webhookUrl"}, errors)
+    _unknown_fields(
+        body,
+        {"defaultRetentionPolicy", "webhookUrl", "webhookRetrySchedule", "webhookSecret"},
+        errors,
+    )
     ttl = _retention(body.get("defaultRetentionPolicy"), "/defaultRetentionPolicy", errors)
     webhook_url = _url(body.get("webhookUrl"), "/webhookUrl", errors)
+    schedule = _schedule(body.get("webhookRetrySchedule"), errors)
+    secret = body.get("webhookSecret")
+    if secret is not None and (not isinstance(secret, str) or not SECRET_RE.fullmatch(secret)):
+        errors.add("/webhookSecret", "must be whsec_ followed by base64 of 24 or more bytes")
+        secret = None
     errors.raise_if_any()
-    return {
+    settings = {
         "defaultRetentionPolicy": {"ttl": ttl} if ttl is not None else None,
         "webhookUrl": webhook_url,
+        "webhookRetrySchedule": schedule,
     }
+    return settings, secret
 
 
 def parse_key_request(body: Mapping[str, Any]) -> Role:

@@ -99,9 +99,20 @@ def status_view(job: JobRecord) -> dict[str, Any]:
 
 
 def namespace_view(namespace: NamespaceRecord) -> dict[str, Any]:
+    config = namespace.config
     return {
         "name": namespace.name,
-        **namespace.config,
+        "defaultRetentionPolicy": config.get("defaultRetentionPolicy"),
+        "webhookUrl": config.get("webhookUrl"),
+        "webhookRetrySchedule": config.get("webhookRetrySchedule"),
+        "webhookSecrets": [
+            {
+                "secret": entry["secret"],
+                "createdAt": render_timestamp(entry["createdAt"]),
+                "expiresAt": render_timestamp(entry["expiresAt"]),
+            }
+            for entry in config.get("webhookSecrets") or ()
+        ],
         "createdAt": render_timestamp(namespace.created_at),
         "updatedAt": render_timestamp(namespace.updated_at),
     }

@@ -9,6 +9,9 @@ of SQLite, PostgreSQL, MySQL, Cassandra, MongoDB and DynamoDB does them well:
 * range reads of the log by ``(namespace, job, seq)`` and of a version's
   chunks by ``(namespace, job, version, index)``;
 * keyset-paginated listing of one namespace;
+* the webhook outbox: delivery rows written in the same atomic step as the
+  job change that causes them, claimed in batches under a lease, finished
+  only by the lease holder;
 * nothing ever spans two jobs.
 
 The public methods here check the caller's side of the contract and translate
@@ -22,14 +25,26 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigurationError, StoreError, StoreUnavailable
-from .records import EventKind, EventRecord, JobQuery, JobRecord, KeyRecord, NamespaceRecord
+from .records import (
+    DeliveryQuery,
+    DeliveryRecord,
+    DeliveryState,
+    EndpointRecord,
+    EventKind,
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    KeyRecord,
+    NamespaceRecord,
+    OutboxStats,
+)
 
 __all__ = ["Capability", "StorageAdapter", "StoreURL", "shielded"]
 
@@ -108,6 +123,14 @@ class StoreURL:
         netloc = parts.netloc.rpartition("@")
         userinfo = netloc[0].partition(":")[0]
         return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[2]}"))
+
+
+def _check_new_deliveries(job: JobRecord, deliveries: Sequence[DeliveryRecord]) -> None:
+    for delivery in deliveries:
+        if (delivery.namespace, delivery.job_id) != (job.namespace, job.job_id):
+            raise ValueError("a job write queues deliveries of that job only")
+        if delivery.state is not DeliveryState.PENDING or delivery.lease_owner is not None:
+            raise ValueError("a new delivery is pending and not leased")
 
 
 def _check_new_events(job: JobRecord, events: Sequence[EventRecord]) -> None:
@@ -198,8 +221,14 @@ class StorageAdapter(abc.ABC):
 
     # -- jobs --------------------------------------------------------------
 
-    async def create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
-        """Insert a new job with the first entries of its log, atomically.
+    async def create_job(
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        deliveries: Sequence[DeliveryRecord] = (),
+    ) -> None:
+        """Insert a new job with the first entries of its log and the webhook
+        deliveries they cause, atomically.
 
         Raises :class:`AlreadyExists` when the namespace holds the job id.
         """
@@ -208,28 +237,35 @@ class StorageAdapter(abc.ABC):
         if events and events[0].seq != 1:
             raise ValueError("a new job's log starts at seq 1")
         _check_new_events(job, events)
+        _check_new_deliveries(job, deliveries)
         with self._translated():
-            await self._create_job(job, events)
+            await self._create_job(job, events, deliveries)
 
     async def get_job(self, namespace: str, job_id: str) -> JobRecord | None:
         with self._translated():
             return await self._get_job(namespace, job_id)
 
     async def update_job(
-        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        expected_revision: int,
+        deliveries: Sequence[DeliveryRecord] = (),
     ) -> None:
         """Replace the job row and append ``events`` to its log, atomically,
         if the stored row is still ``expected_revision`` of the same job (the
         same ``created_at``: a job deleted and created again never matches).
 
-        Raises :class:`RevisionConflict` when it is not, :class:`NotFound` when
-        the job is gone. Either way nothing is written.
+        The webhook ``deliveries`` the change causes are queued in the same
+        atomic step. Raises :class:`RevisionConflict` when the revision moved,
+        :class:`NotFound` when the job is gone. Either way nothing is written.
         """
         if job.revision != expected_revision + 1:
             raise ValueError("an update moves the revision forward by exactly one")
         _check_new_events(job, events)
+        _check_new_deliveries(job, deliveries)
         with self._translated():
-            await self._update_job(job, events, expected_revision)
+            await self._update_job(job, events, expected_revision, deliveries)
 
     async def delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None:
         """Remove the job, its log and its output if the revision still matches."""
@@ -266,6 +302,87 @@ class StorageAdapter(abc.ABC):
             raise ValueError("limit must be positive")
         with self._translated():
             return await self._list_jobs(namespace, query)
+
+    # -- the webhook outbox ---------------------------------------------------
+
+    async def get_delivery(self, namespace: str, delivery_id: str) -> DeliveryRecord | None:
+        with self._translated():
+            return await self._get_delivery(namespace, delivery_id)
+
+    async def list_deliveries(self, namespace: str, query: DeliveryQuery) -> list[DeliveryRecord]:
+        """One page of a namespace's deliveries, newest first (see :class:`DeliveryQuery`)."""
+        if query.limit < 1:
+            raise ValueError("limit must be positive")
+        with self._translated():
+            return await self._list_deliveries(namespace, query)
+
+    async def claim_deliveries(
+        self,
+        *,
+        now: int,
+        limit: int,
+        owner: str,
+        lease_until: int,
+        shards: Collection[int] | None = None,
+    ) -> list[DeliveryRecord]:
+        """Lease up to ``limit`` due deliveries (pending, ``next_attempt_at <= now``,
+        not leased or lease run out), earliest first, to ``owner``.
+
+        ``shards`` limits the claim to the rows of those shards (a node's
+        share of the outbox); ``None`` claims from all. Two concurrent claims
+        never return the same row.
+        """
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        if shards is not None and not shards:
+            return []
+        with self._translated():
+            return await self._claim_deliveries(now, limit, owner, lease_until, shards)
+
+    async def finish_deliveries(
+        self, deliveries: Sequence[DeliveryRecord], owner: str
+    ) -> list[bool]:
+        """Store the outcome of attempts: each row takes the state, schedule,
+        counters and log of the given record and loses its lease, if ``owner``
+        still holds that lease. The result says, per row, whether it did.
+        """
+        for delivery in deliveries:
+            if delivery.lease_owner is not None:
+                raise ValueError("a finished delivery releases its lease")
+        if not deliveries:
+            return []
+        with self._translated():
+            return await self._finish_deliveries(deliveries, owner)
+
+    async def requeue_deliveries(
+        self, namespace: str, delivery_ids: Sequence[str], now: int
+    ) -> int:
+        """Make deliveries due now with a fresh retry budget (replay).
+
+        Rows being attempted right now (leased) are left alone. Returns how
+        many rows were requeued.
+        """
+        if not delivery_ids:
+            return 0
+        with self._translated():
+            return await self._requeue_deliveries(namespace, delivery_ids, now)
+
+    async def outbox_stats(self, now: int, shards: Collection[int] | None = None) -> OutboxStats:
+        """Pending deliveries and the due time of the oldest one."""
+        with self._translated():
+            return await self._outbox_stats(now, shards)
+
+    async def put_endpoint(self, endpoint: EndpointRecord) -> None:
+        with self._translated():
+            await self._put_endpoint(endpoint)
+
+    async def get_endpoint(self, namespace: str, url: str) -> EndpointRecord | None:
+        with self._translated():
+            return await self._get_endpoint(namespace, url)
+
+    async def list_endpoints(self, namespace: str) -> list[EndpointRecord]:
+        with self._translated():
+            return await self._list_endpoints(namespace)
 
     # -- error translation -------------------------------------------------
 
@@ -320,14 +437,23 @@ class StorageAdapter(abc.ABC):
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None: ...
 
     @abc.abstractmethod
-    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None: ...
+    async def _create_job(
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        deliveries: Sequence[DeliveryRecord],
+    ) -> None: ...
 
     @abc.abstractmethod
     async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod
     async def _update_job(
-        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        expected_revision: int,
+        deliveries: Sequence[DeliveryRecord],
     ) -> None: ...
 
     @abc.abstractmethod
@@ -350,3 +476,43 @@ class StorageAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def _list_jobs(self, namespace: str, query: JobQuery) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    async def _get_delivery(self, namespace: str, delivery_id: str) -> DeliveryRecord | None: ...
+
+    @abc.abstractmethod
+    async def _list_deliveries(
+        self, namespace: str, query: DeliveryQuery
+    ) -> list[DeliveryRecord]: ...
+
+    @abc.abstractmethod
+    async def _claim_deliveries(
+        self,
+        now: int,
+        limit: int,
+        owner: str,
+        lease_until: int,
+        shards: Collection[int] | None,
+    ) -> list[DeliveryRecord]: ...
+
+    @abc.abstractmethod
+    async def _finish_deliveries(
+        self, deliveries: Sequence[DeliveryRecord], owner: str
+    ) -> list[bool]: ...
+
+    @abc.abstractmethod
+    async def _requeue_deliveries(
+        self, namespace: str, delivery_ids: Sequence[str], now: int
+    ) -> int: ...
+
+    @abc.abstractmethod
+    async def _outbox_stats(self, now: int, shards: Collection[int] | None) -> OutboxStats: ...
+
+    @abc.abstractmethod
+    async def _put_endpoint(self, endpoint: EndpointRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def _get_endpoint(self, namespace: str, url: str) -> EndpointRecord | None: ...
+
+    @abc.abstractmethod
+    async def _list_endpoints(self, namespace: str) -> list[EndpointRecord]: ...

@@ -9,18 +9,24 @@ store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Collection, Sequence
 from typing import ClassVar
 
 from .base import Capability, StorageAdapter
 from .errors import AlreadyExists, NotFound, RevisionConflict
 from .records import (
+    DeliveryQuery,
+    DeliveryRecord,
+    DeliveryState,
+    EndpointRecord,
     EventKind,
     EventRecord,
     JobQuery,
     JobRecord,
     KeyRecord,
     NamespaceRecord,
+    OutboxStats,
     dumps,
     job_from_doc,
     job_to_doc,
@@ -45,6 +51,8 @@ class MemoryAdapter(StorageAdapter):
         self._logs: dict[_JobKey, list[EventRecord]] = {}
         # (namespace, job, version) -> seq of each chunk, by index
         self._chunks: dict[tuple[str, str, int], list[int]] = {}
+        self._deliveries: dict[tuple[str, str], DeliveryRecord] = {}
+        self._endpoints: dict[tuple[str, str], EndpointRecord] = {}
 
     async def _close(self) -> None:
         pass
@@ -74,14 +82,21 @@ class MemoryAdapter(StorageAdapter):
         await asyncio.sleep(0)
         return self._keys.get((namespace, key_id))
 
-    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+    async def _create_job(
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        deliveries: Sequence[DeliveryRecord],
+    ) -> None:
         await asyncio.sleep(0)
         ident = (job.namespace, job.job_id)
         if ident in self._jobs:
             raise AlreadyExists(f"job {job.job_id} exists")
+        self._check_new_deliveries(deliveries)
         self._logs[ident] = []
         self._append(ident, events)
         self._jobs[ident] = dumps(job_to_doc(job))
+        self._queue(deliveries)
 
     async def _get_job(self, namespace: str, job_id: str) -> JobRecord | None:
         await asyncio.sleep(0)
@@ -89,13 +104,19 @@ class MemoryAdapter(StorageAdapter):
         return job_from_doc(loads(raw)) if raw is not None else None
 
     async def _update_job(
-        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        expected_revision: int,
+        deliveries: Sequence[DeliveryRecord],
     ) -> None:
         await asyncio.sleep(0)
         ident = (job.namespace, job.job_id)
         self._check_revision(ident, expected_revision, job.created_at)
+        self._check_new_deliveries(deliveries)
         self._append(ident, events)
         self._jobs[ident] = dumps(job_to_doc(job))
+        self._queue(deliveries)
 
     async def _delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None:
         await asyncio.sleep(0)
@@ -141,6 +162,115 @@ class MemoryAdapter(StorageAdapter):
         ]
         jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=query.descending)
         return jobs[: query.limit]
+
+    def _check_new_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> None:
+        for delivery in deliveries:
+            if (delivery.namespace, delivery.delivery_id) in self._deliveries:
+                raise AlreadyExists(f"delivery {delivery.delivery_id} exists")
+
+    def _queue(self, deliveries: Sequence[DeliveryRecord]) -> None:
+        for delivery in deliveries:
+            self._deliveries[(delivery.namespace, delivery.delivery_id)] = delivery
+
+    # -- the webhook outbox ---------------------------------------------------
+
+    async def _get_delivery(self, namespace: str, delivery_id: str) -> DeliveryRecord | None:
+        await asyncio.sleep(0)
+        return self._deliveries.get((namespace, delivery_id))
+
+    async def _list_deliveries(self, namespace: str, query: DeliveryQuery) -> list[DeliveryRecord]:
+        await asyncio.sleep(0)
+        rows = [
+            d for (ns, _), d in self._deliveries.items() if ns == namespace and query.matches(d)
+        ]
+        rows.sort(key=lambda d: (d.created_at, d.delivery_id), reverse=True)
+        return rows[: query.limit]
+
+    async def _claim_deliveries(
+        self,
+        now: int,
+        limit: int,
+        owner: str,
+        lease_until: int,
+        shards: Collection[int] | None,
+    ) -> list[DeliveryRecord]:
+        await asyncio.sleep(0)
+        due = sorted(
+            (
+                d
+                for d in self._deliveries.values()
+                if d.state is DeliveryState.PENDING
+                and d.next_attempt_at <= now
+                and (d.lease_until is None or d.lease_until <= now)
+                and (shards is None or d.shard in shards)
+            ),
+            key=lambda d: (d.next_attempt_at, d.namespace, d.delivery_id),
+        )[:limit]
+        claimed = []
+        for delivery in due:
+            leased = dataclasses.replace(delivery, lease_owner=owner, lease_until=lease_until)
+            self._deliveries[(delivery.namespace, delivery.delivery_id)] = leased
+            claimed.append(leased)
+        return claimed
+
+    async def _finish_deliveries(
+        self, deliveries: Sequence[DeliveryRecord], owner: str
+    ) -> list[bool]:
+        await asyncio.sleep(0)
+        results = []
+        for delivery in deliveries:
+            key = (delivery.namespace, delivery.delivery_id)
+            stored = self._deliveries.get(key)
+            if stored is None or stored.lease_owner != owner:
+                results.append(False)
+                continue
+            self._deliveries[key] = delivery
+            results.append(True)
+        return results
+
+    async def _requeue_deliveries(
+        self, namespace: str, delivery_ids: Sequence[str], now: int
+    ) -> int:
+        await asyncio.sleep(0)
+        count = 0
+        for delivery_id in delivery_ids:
+            stored = self._deliveries.get((namespace, delivery_id))
+            if stored is None or (stored.lease_until is not None and stored.lease_until > now):
+                continue
+            self._deliveries[(namespace, delivery_id)] = dataclasses.replace(
+                stored,
+                state=DeliveryState.PENDING,
+                next_attempt_at=now,
+                attempts=0,
+                lease_owner=None,
+                lease_until=None,
+                updated_at=now,
+            )
+            count += 1
+        return count
+
+    async def _outbox_stats(self, now: int, shards: Collection[int] | None) -> OutboxStats:
+        await asyncio.sleep(0)
+        pending = [
+            d.next_attempt_at
+            for d in self._deliveries.values()
+            if d.state is DeliveryState.PENDING and (shards is None or d.shard in shards)
+        ]
+        return OutboxStats(len(pending), min(pending, default=None))
+
+    async def _put_endpoint(self, endpoint: EndpointRecord) -> None:
+        await asyncio.sleep(0)
+        self._endpoints[(endpoint.namespace, endpoint.url)] = endpoint
+
+    async def _get_endpoint(self, namespace: str, url: str) -> EndpointRecord | None:
+        await asyncio.sleep(0)
+        return self._endpoints.get((namespace, url))
+
+    async def _list_endpoints(self, namespace: str) -> list[EndpointRecord]:
+        await asyncio.sleep(0)
+        return sorted(
+            (e for (ns, _), e in self._endpoints.items() if ns == namespace), key=lambda e: e.url
+        )
 
     def _check_revision(
         self, ident: _JobKey, expected_revision: int, created_at: int | None = None

@@ -15,9 +15,11 @@ Options in the URL query:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import ssl
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import aiomysql
@@ -34,17 +36,34 @@ from .errors import (
     StoreUnavailable,
 )
 from .records import (
+    DELIVERY_COLUMNS,
+    DeliveryQuery,
+    DeliveryRecord,
+    EndpointRecord,
     EventRecord,
     JobQuery,
     JobRecord,
     KeyRecord,
     NamespaceRecord,
+    OutboxStats,
+    delivery_from_row,
+    delivery_row,
+    delivery_to_doc,
     dumps,
     job_from_doc,
     job_to_doc,
     loads,
 )
-from .sql import EVENT_COLUMNS, Params, event_from_row, event_rows, list_jobs_sql
+from .sql import (
+    EVENT_COLUMNS,
+    Params,
+    due_deliveries_sql,
+    event_from_row,
+    event_rows,
+    list_deliveries_sql,
+    list_jobs_sql,
+    outbox_stats_sql,
+)
 
 __all__ = ["MIGRATIONS", "MySQLAdapter"]
 
@@ -105,6 +124,38 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             ) ENGINE=InnoDB""",
         ],
     ),
+    (
+        2,
+        [
+            f"""CREATE TABLE IF NOT EXISTS deliveries (
+                namespace       VARCHAR(63) {_ID} NOT NULL,
+                delivery_id     VARCHAR(64) {_ID} NOT NULL,
+                job_id          VARCHAR(128) {_ID} NOT NULL,
+                shard           INT NOT NULL,
+                state           VARCHAR(16) {_ID} NOT NULL,
+                attempts        INT NOT NULL,
+                next_attempt_at BIGINT NOT NULL,
+                created_at      BIGINT NOT NULL,
+                updated_at      BIGINT NOT NULL,
+                lease_owner     VARCHAR(255) NULL,
+                lease_until     BIGINT NULL,
+                payload         LONGBLOB NOT NULL,
+                doc             LONGBLOB NOT NULL,
+                PRIMARY KEY (namespace, delivery_id),
+                KEY deliveries_due (state, next_attempt_at, shard),
+                KEY deliveries_by_job (namespace, job_id, created_at),
+                KEY deliveries_by_state (namespace, state, created_at)
+            ) ENGINE=InnoDB""",
+            f"""CREATE TABLE IF NOT EXISTS webhook_endpoints (
+                namespace   VARCHAR(63) {_ID} NOT NULL,
+                url_hash    CHAR(64) {_ID} NOT NULL,
+                url         TEXT NOT NULL,
+                disabled_at BIGINT NULL,
+                reason      TEXT NULL,
+                PRIMARY KEY (namespace, url_hash)
+            ) ENGINE=InnoDB""",
+        ],
+    ),
 ]
 
 # Client errors that mean the server is gone or refusing: connection lost,
@@ -124,6 +175,22 @@ def _insert_events(job: JobRecord, events: Sequence[EventRecord]) -> Statement:
         f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) VALUES {marks}",
         [value for row in rows for value in row],
     )
+
+
+def _insert_deliveries(deliveries: Sequence[DeliveryRecord]) -> list[Statement]:
+    if not deliveries:
+        return []
+    marks = ", ".join(["(" + ", ".join(["%s"] * 13) + ")"] * len(deliveries))
+    return [
+        (
+            f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {marks}",
+            [value for d in deliveries for value in delivery_row(d)],
+        )
+    ]
+
+
+def _url_hash(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 async def _begin(cur: aiomysql.Cursor, statements: Sequence[Statement]) -> list[int]:
@@ -319,7 +386,12 @@ class MySQLAdapter(StorageAdapter):
 
     # -- jobs --------------------------------------------------------------
 
-    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+    async def _create_job(
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        deliveries: Sequence[DeliveryRecord],
+    ) -> None:
         tags = sorted(set(job.tags))
         statements = [
             (
@@ -336,6 +408,7 @@ class MySQLAdapter(StorageAdapter):
                 ),
             ),
             _insert_events(job, events),
+            *_insert_deliveries(deliveries),
         ]
         if tags:
             statements.append(
@@ -364,7 +437,11 @@ class MySQLAdapter(StorageAdapter):
         return job_from_doc(loads(rows[0][0])) if rows else None
 
     async def _update_job(
-        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        expected_revision: int,
+        deliveries: Sequence[DeliveryRecord],
     ) -> None:
         update = (
             "UPDATE jobs SET revision = %s, status = %s, expires_at = %s, doc = %s "
@@ -383,7 +460,9 @@ class MySQLAdapter(StorageAdapter):
 
         async def body(cur: aiomysql.Cursor) -> None:
             try:
-                updated, _ = await _begin(cur, [update, _insert_events(job, events)])
+                updated, *_ = await _begin(
+                    cur, [update, _insert_events(job, events), *_insert_deliveries(deliveries)]
+                )
             except pymysql.err.IntegrityError as exc:
                 # The update matched nothing and the log entries ran into the
                 # winner's: the same conflict, seen one statement later.
@@ -456,3 +535,136 @@ class MySQLAdapter(StorageAdapter):
         sql = list_jobs_sql(namespace, query, params)
         rows = await self._fetch(sql, params.values)
         return [job_from_doc(loads(row[0])) for row in rows]
+
+    # -- the webhook outbox ---------------------------------------------------
+
+    async def _get_delivery(self, namespace: str, delivery_id: str) -> DeliveryRecord | None:
+        rows = await self._fetch(
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE namespace = %s AND delivery_id = %s",
+            (namespace, delivery_id),
+        )
+        return delivery_from_row(rows[0]) if rows else None
+
+    async def _list_deliveries(self, namespace: str, query: DeliveryQuery) -> list[DeliveryRecord]:
+        params = Params("format")
+        sql = list_deliveries_sql(namespace, query, params)
+        return [delivery_from_row(row) for row in await self._fetch(sql, params.values)]
+
+    async def _claim_deliveries(
+        self,
+        now: int,
+        limit: int,
+        owner: str,
+        lease_until: int,
+        shards: Collection[int] | None,
+    ) -> list[DeliveryRecord]:
+        params = Params("format")
+        due = due_deliveries_sql(now, limit, shards, params, lock="FOR UPDATE SKIP LOCKED")
+
+        async def body(cur: aiomysql.Cursor) -> list[DeliveryRecord]:
+            await cur.execute("START TRANSACTION")
+            try:
+                await cur.execute(due, params.values)
+                rows = list(await cur.fetchall())
+                if rows:
+                    keys = ", ".join(["(%s, %s)"] * len(rows))
+                    await cur.execute(
+                        "UPDATE deliveries SET lease_owner = %s, lease_until = %s "
+                        f"WHERE (namespace, delivery_id) IN ({keys})",
+                        [owner, lease_until, *(v for row in rows for v in row[:2])],
+                    )
+                await cur.execute("COMMIT")
+            except BaseException:
+                if not cur.connection.closed:
+                    await cur.execute("ROLLBACK")
+                raise
+            return [
+                dataclasses.replace(
+                    delivery_from_row(row), lease_owner=owner, lease_until=lease_until
+                )
+                for row in rows
+            ]
+
+        return await self._with_cursor(body)
+
+    async def _finish_deliveries(
+        self, deliveries: Sequence[DeliveryRecord], owner: str
+    ) -> list[bool]:
+        statements = [
+            (
+                "UPDATE deliveries SET state = %s, attempts = %s, next_attempt_at = %s, "
+                "updated_at = %s, doc = %s, lease_owner = NULL, lease_until = NULL "
+                "WHERE namespace = %s AND delivery_id = %s AND lease_owner = %s",
+                (
+                    d.state.value,
+                    d.attempts,
+                    d.next_attempt_at,
+                    d.updated_at,
+                    dumps(delivery_to_doc(d)),
+                    d.namespace,
+                    d.delivery_id,
+                    owner,
+                ),
+            )
+            for d in deliveries
+        ]
+
+        async def body(cur: aiomysql.Cursor) -> list[bool]:
+            counts = await _begin(cur, statements)
+            await cur.execute("COMMIT")
+            return [count == 1 for count in counts]
+
+        return await self._with_cursor(body)
+
+    async def _requeue_deliveries(
+        self, namespace: str, delivery_ids: Sequence[str], now: int
+    ) -> int:
+        marks = ", ".join(["%s"] * len(delivery_ids))
+
+        async def body(cur: aiomysql.Cursor) -> int:
+            await cur.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = %s, "
+                "updated_at = %s, lease_owner = NULL, lease_until = NULL "
+                f"WHERE namespace = %s AND delivery_id IN ({marks}) "
+                "AND (lease_until IS NULL OR lease_until <= %s)",
+                [now, now, namespace, *delivery_ids, now],
+            )
+            count: int = cur.rowcount
+            return count
+
+        return await self._with_cursor(body)
+
+    async def _outbox_stats(self, now: int, shards: Collection[int] | None) -> OutboxStats:
+        params = Params("format")
+        rows = await self._fetch(outbox_stats_sql(shards, params), params.values)
+        return OutboxStats(rows[0][0], rows[0][1])
+
+    async def _put_endpoint(self, endpoint: EndpointRecord) -> None:
+        await self._fetch(
+            "INSERT INTO webhook_endpoints (namespace, url_hash, url, disabled_at, reason) "
+            "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+            "disabled_at = VALUES(disabled_at), reason = VALUES(reason)",
+            (
+                endpoint.namespace,
+                _url_hash(endpoint.url),
+                endpoint.url,
+                endpoint.disabled_at,
+                endpoint.reason,
+            ),
+        )
+
+    async def _get_endpoint(self, namespace: str, url: str) -> EndpointRecord | None:
+        rows = await self._fetch(
+            "SELECT disabled_at, reason FROM webhook_endpoints "
+            "WHERE namespace = %s AND url_hash = %s",
+            (namespace, _url_hash(url)),
+        )
+        return EndpointRecord(namespace, url, rows[0][0], rows[0][1]) if rows else None
+
+    async def _list_endpoints(self, namespace: str) -> list[EndpointRecord]:
+        rows = await self._fetch(
+            "SELECT url, disabled_at, reason FROM webhook_endpoints WHERE namespace = %s "
+            "ORDER BY url",
+            (namespace,),
+        )
+        return [EndpointRecord(namespace, row[0], row[1], row[2]) for row in rows]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -35,17 +35,33 @@ from .errors import (
     StoreUnavailable,
 )
 from .records import (
+    DELIVERY_COLUMNS,
+    DeliveryQuery,
+    DeliveryRecord,
+    EndpointRecord,
     EventRecord,
     JobQuery,
     JobRecord,
     KeyRecord,
     NamespaceRecord,
+    OutboxStats,
+    delivery_from_row,
+    delivery_row,
+    delivery_to_doc,
     dumps,
     job_from_doc,
     job_to_doc,
     loads,
 )
-from .sql import EVENT_COLUMNS, Params, event_from_row, list_jobs_sql
+from .sql import (
+    EVENT_COLUMNS,
+    Params,
+    due_deliveries_sql,
+    event_from_row,
+    list_deliveries_sql,
+    list_jobs_sql,
+    outbox_stats_sql,
+)
 
 __all__ = ["MIGRATIONS", "PostgreSQLAdapter"]
 
@@ -105,6 +121,38 @@ MIGRATIONS: list[tuple[int, str]] = [
             ON events (namespace, job_id, version, chunk_index) WHERE chunk_index >= 0;
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE deliveries (
+            namespace       text COLLATE "C" NOT NULL,
+            delivery_id     text COLLATE "C" NOT NULL,
+            job_id          text COLLATE "C" NOT NULL,
+            shard           integer NOT NULL,
+            state           text NOT NULL,
+            attempts        integer NOT NULL,
+            next_attempt_at bigint NOT NULL,
+            created_at      bigint NOT NULL,
+            updated_at      bigint NOT NULL,
+            lease_owner     text,
+            lease_until     bigint,
+            payload         bytea NOT NULL,
+            doc             bytea NOT NULL,
+            PRIMARY KEY (namespace, delivery_id)
+        );
+        CREATE INDEX deliveries_due ON deliveries (next_attempt_at, shard)
+            WHERE state = 'pending';
+        CREATE INDEX deliveries_by_job ON deliveries (namespace, job_id, created_at);
+        CREATE INDEX deliveries_by_state ON deliveries (namespace, state, created_at);
+        CREATE TABLE webhook_endpoints (
+            namespace   text COLLATE "C" NOT NULL,
+            url         text NOT NULL,
+            disabled_at bigint,
+            reason      text,
+            PRIMARY KEY (namespace, url)
+        );
+        """,
+    ),
 ]
 
 # A lock number of our own for pg_advisory_xact_lock while migrating.
@@ -143,10 +191,44 @@ def _values_of_events(first: int, count: int) -> str:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _create_job_sql(events: int, tags: int) -> str:
+_DELIVERY_TYPES = (
+    "text",
+    "text",
+    "text",
+    "integer",
+    "text",
+    "integer",
+    "bigint",
+    "bigint",
+    "bigint",
+    "text",
+    "bigint",
+    "bytea",
+    "bytea",
+)
+
+
+def _values_of_deliveries(first: int, count: int) -> str:
+    """A CTE step queuing ``count`` deliveries whose parameters start at ``$first``."""
+    if not count:
+        return ""
+    width = len(_DELIVERY_TYPES)
+    rows = [
+        "("
+        + ", ".join(f"${first + width * n + i}::{t}" for i, t in enumerate(_DELIVERY_TYPES))
+        + ")"
+        for n in range(count)
+    ]
+    return (
+        f", outbox AS (INSERT INTO deliveries ({DELIVERY_COLUMNS}) "
+        f"SELECT * FROM (VALUES {', '.join(rows)}) AS d WHERE EXISTS (SELECT FROM job))"
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def _create_job_sql(events: int, tags: int, deliveries: int) -> str:
     """$1 namespace, $2 job, $3 revision, $4 status, $5 created, $6 expires, $7 doc,
-    then the tags, then the log entries."""
+    then the tags, the log entries and the deliveries."""
     tag_rows = ", ".join(f"(${8 + n})" for n in range(tags))
     tag_cte = (
         f"tags AS (INSERT INTO job_tags (namespace, tag, created_at, job_id) "
@@ -162,20 +244,22 @@ def _create_job_sql(events: int, tags: int) -> str:
             ON CONFLICT (namespace, job_id) DO NOTHING
             RETURNING 1
         ), {tag_cte}log AS ({_values_of_events(8 + tags, events)})
+        {_values_of_deliveries(8 + tags + 7 * events, deliveries)}
         SELECT count(*) FROM job
     """
 
 
-@functools.lru_cache(maxsize=64)
-def _update_job_sql(events: int) -> str:
+@functools.lru_cache(maxsize=128)
+def _update_job_sql(events: int, deliveries: int) -> str:
     """$1 namespace, $2 job, $3 revision, $4 status, $5 expires, $6 doc,
-    $7 expected revision, $8 created, then the log entries."""
+    $7 expected revision, $8 created, then the log entries and the deliveries."""
     return f"""
         WITH job AS (
             UPDATE jobs SET revision = $3, status = $4, expires_at = $5, doc = $6
             WHERE namespace = $1 AND job_id = $2 AND revision = $7 AND created_at = $8
             RETURNING 1
         ), log AS ({_values_of_events(9, events)})
+        {_values_of_deliveries(9 + 7 * events, deliveries)}
         SELECT count(*) FROM job
     """
 
@@ -192,12 +276,30 @@ _DELETE_JOB = """
 """
 
 
+_CLAIMED = ", ".join(f"d.{c.strip()}" for c in DELIVERY_COLUMNS.split(","))
+
+_FINISH = """
+    UPDATE deliveries d SET state = v.state, attempts = v.attempts,
+        next_attempt_at = v.next_attempt_at, updated_at = v.updated_at, doc = v.doc,
+        lease_owner = NULL, lease_until = NULL
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::integer[], $6::bigint[], $7::bigint[],
+                $8::bytea[])
+        AS v(namespace, delivery_id, state, attempts, next_attempt_at, updated_at, doc)
+    WHERE d.namespace = v.namespace AND d.delivery_id = v.delivery_id AND d.lease_owner = $1
+    RETURNING d.namespace, d.delivery_id
+"""
+
+
 def _event_params(events: Sequence[EventRecord]) -> list[Any]:
     return [
         value
         for e in events
         for value in (e.seq, e.kind.value, e.at, e.version, e.index, e.format, e.data)
     ]
+
+
+def _delivery_params(deliveries: Sequence[DeliveryRecord]) -> list[Any]:
+    return [value for d in deliveries for value in delivery_row(d)]
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -373,10 +475,15 @@ class PostgreSQLAdapter(StorageAdapter):
 
     # -- jobs --------------------------------------------------------------
 
-    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+    async def _create_job(
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        deliveries: Sequence[DeliveryRecord],
+    ) -> None:
         tags = sorted(set(job.tags))
         created = await self._fetchval(
-            _create_job_sql(len(events), len(tags)),
+            _create_job_sql(len(events), len(tags), len(deliveries)),
             job.namespace,
             job.job_id,
             job.revision,
@@ -386,6 +493,7 @@ class PostgreSQLAdapter(StorageAdapter):
             dumps(job_to_doc(job)),
             *tags,
             *_event_params(events),
+            *_delivery_params(deliveries),
         )
         if not created:
             raise AlreadyExists(f"job {job.job_id} exists")
@@ -397,10 +505,14 @@ class PostgreSQLAdapter(StorageAdapter):
         return job_from_doc(loads(doc)) if doc is not None else None
 
     async def _update_job(
-        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        expected_revision: int,
+        deliveries: Sequence[DeliveryRecord],
     ) -> None:
         updated = await self._fetchval(
-            _update_job_sql(len(events)),
+            _update_job_sql(len(events), len(deliveries)),
             job.namespace,
             job.job_id,
             job.revision,
@@ -410,6 +522,7 @@ class PostgreSQLAdapter(StorageAdapter):
             expected_revision,
             job.created_at,
             *_event_params(events),
+            *_delivery_params(deliveries),
         )
         if not updated:
             raise await self._missing_or_moved(job.namespace, job.job_id, expected_revision)
@@ -466,3 +579,104 @@ class PostgreSQLAdapter(StorageAdapter):
         sql = list_jobs_sql(namespace, query, params)
         rows = await self._fetch(sql, *params.values)
         return [job_from_doc(loads(row[0])) for row in rows]
+
+    # -- the webhook outbox ---------------------------------------------------
+
+    async def _get_delivery(self, namespace: str, delivery_id: str) -> DeliveryRecord | None:
+        rows = await self._fetch(
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE namespace = $1 AND delivery_id = $2",
+            namespace,
+            delivery_id,
+        )
+        return delivery_from_row(rows[0]) if rows else None
+
+    async def _list_deliveries(self, namespace: str, query: DeliveryQuery) -> list[DeliveryRecord]:
+        params = Params("numeric")
+        sql = list_deliveries_sql(namespace, query, params)
+        return [delivery_from_row(row) for row in await self._fetch(sql, *params.values)]
+
+    async def _claim_deliveries(
+        self,
+        now: int,
+        limit: int,
+        owner: str,
+        lease_until: int,
+        shards: Collection[int] | None,
+    ) -> list[DeliveryRecord]:
+        params = Params("numeric")
+        due = due_deliveries_sql(now, limit, shards, params, lock="FOR UPDATE SKIP LOCKED")
+        sql = (
+            f"WITH due AS ({due}) UPDATE deliveries d SET lease_owner = {params(owner)}, "
+            f"lease_until = {params(lease_until)} FROM due "
+            f"WHERE d.namespace = due.namespace AND d.delivery_id = due.delivery_id "
+            f"RETURNING {_CLAIMED}"
+        )
+        rows = await self._fetch(sql, *params.values)
+        claimed = [delivery_from_row(row) for row in rows]
+        claimed.sort(key=lambda d: d.next_attempt_at)
+        return claimed
+
+    async def _finish_deliveries(
+        self, deliveries: Sequence[DeliveryRecord], owner: str
+    ) -> list[bool]:
+        rows = await self._fetch(
+            _FINISH,
+            owner,
+            [d.namespace for d in deliveries],
+            [d.delivery_id for d in deliveries],
+            [d.state.value for d in deliveries],
+            [d.attempts for d in deliveries],
+            [d.next_attempt_at for d in deliveries],
+            [d.updated_at for d in deliveries],
+            [dumps(delivery_to_doc(d)) for d in deliveries],
+        )
+        done = {(row[0], row[1]) for row in rows}
+        return [(d.namespace, d.delivery_id) in done for d in deliveries]
+
+    async def _requeue_deliveries(
+        self, namespace: str, delivery_ids: Sequence[str], now: int
+    ) -> int:
+        status = await self._with_conn(
+            lambda conn: conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, "
+                "updated_at = $1, lease_owner = NULL, lease_until = NULL "
+                "WHERE namespace = $2 AND delivery_id = ANY($3::text[]) "
+                "AND (lease_until IS NULL OR lease_until <= $1)",
+                now,
+                namespace,
+                list(delivery_ids),
+            )
+        )
+        return int(status.split()[-1])
+
+    async def _outbox_stats(self, now: int, shards: Collection[int] | None) -> OutboxStats:
+        params = Params("numeric")
+        rows = await self._fetch(outbox_stats_sql(shards, params), *params.values)
+        return OutboxStats(rows[0][0], rows[0][1])
+
+    async def _put_endpoint(self, endpoint: EndpointRecord) -> None:
+        await self._fetchval(
+            "INSERT INTO webhook_endpoints (namespace, url, disabled_at, reason) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (namespace, url) DO UPDATE SET "
+            "disabled_at = excluded.disabled_at, reason = excluded.reason",
+            endpoint.namespace,
+            endpoint.url,
+            endpoint.disabled_at,
+            endpoint.reason,
+        )
+
+    async def _get_endpoint(self, namespace: str, url: str) -> EndpointRecord | None:
+        rows = await self._fetch(
+            "SELECT disabled_at, reason FROM webhook_endpoints WHERE namespace = $1 AND url = $2",
+            namespace,
+            url,
+        )
+        return EndpointRecord(namespace, url, rows[0][0], rows[0][1]) if rows else None
+
+    async def _list_endpoints(self, namespace: str) -> list[EndpointRecord]:
+        rows = await self._fetch(
+            "SELECT url, disabled_at, reason FROM webhook_endpoints WHERE namespace = $1 "
+            "ORDER BY url",
+            namespace,
+        )
+        return [EndpointRecord(namespace, row[0], row[1], row[2]) for row in rows]

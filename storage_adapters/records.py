@@ -9,7 +9,7 @@ attributes, everything else travels in the JSON document made by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -19,7 +19,13 @@ import orjson
 from .errors import CorruptData
 
 __all__ = [
+    "DELIVERY_COLUMNS",
     "TERMINAL_STATUSES",
+    "AttemptRecord",
+    "DeliveryQuery",
+    "DeliveryRecord",
+    "DeliveryState",
+    "EndpointRecord",
     "EventKind",
     "EventRecord",
     "JobQuery",
@@ -27,8 +33,12 @@ __all__ = [
     "JobStatus",
     "KeyRecord",
     "NamespaceRecord",
+    "OutboxStats",
     "OutputFormat",
     "VersionRecord",
+    "delivery_from_row",
+    "delivery_row",
+    "delivery_to_doc",
     "dumps",
     "job_from_doc",
     "job_to_doc",
@@ -123,6 +133,8 @@ class JobRecord:
     completed_at: int | None = None
     expires_at: int | None = None
     error: Mapping[str, Any] | None = None
+    #: when this job last queued a ``job.output`` webhook (they are throttled)
+    output_notified_at: int | None = None
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -156,6 +168,92 @@ class EventRecord:
     version: int = 0
     index: int = -1
     format: str = ""
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One try at delivering a webhook."""
+
+    at: int
+    status: int | None  # HTTP status, or None when no response came back
+    latency_ms: float
+    error: str | None = None
+    response: str | None = None  # the start of the response body
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """A webhook delivery: a row of the outbox.
+
+    ``payload`` is the exact body sent on every attempt; ``delivery_id`` is
+    the ``webhook-id``. ``shard`` places the row in a node's share of the
+    outbox. While a node works on it, ``lease_owner``/``lease_until`` keep
+    other nodes off it; a lease that runs out makes it claimable again.
+    """
+
+    namespace: str
+    delivery_id: str
+    job_id: str
+    event_type: str
+    payload: bytes
+    url: str
+    shard: int
+    state: DeliveryState
+    next_attempt_at: int
+    created_at: int
+    updated_at: int
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    lease_owner: str | None = None
+    lease_until: int | None = None
+    log: tuple[AttemptRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryQuery:
+    """A page of one namespace's deliveries, newest first.
+
+    ``after`` is ``(created_at, delivery_id)`` of the last row of the previous
+    page; ``created_since`` an inclusive lower bound.
+    """
+
+    limit: int
+    job_id: str | None = None
+    state: DeliveryState | None = None
+    created_since: int | None = None
+    after: tuple[int, str] | None = None
+
+    def matches(self, delivery: DeliveryRecord) -> bool:
+        if self.job_id is not None and delivery.job_id != self.job_id:
+            return False
+        if self.state is not None and delivery.state is not self.state:
+            return False
+        if self.created_since is not None and delivery.created_at < self.created_since:
+            return False
+        return self.after is None or (delivery.created_at, delivery.delivery_id) < self.after
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    """A webhook URL a namespace sends to, and whether it is disabled."""
+
+    namespace: str
+    url: str
+    disabled_at: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    oldest_due_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +345,99 @@ def job_to_doc(job: JobRecord) -> dict[str, Any]:
         "completedAt": job.completed_at,
         "expiresAt": job.expires_at,
         "error": dict(job.error) if job.error is not None else None,
+        "outputNotifiedAt": job.output_notified_at,
     }
+
+
+#: the columns every store keeps for a delivery, besides its document
+DELIVERY_COLUMNS = (
+    "namespace, delivery_id, job_id, shard, state, attempts, next_attempt_at, created_at, "
+    "updated_at, lease_owner, lease_until, payload, doc"
+)
+
+
+def delivery_to_doc(d: DeliveryRecord) -> dict[str, Any]:
+    """The parts of a delivery that are never queried: one document column."""
+    return {
+        "eventType": d.event_type,
+        "url": d.url,
+        "lastStatus": d.last_status,
+        "lastError": d.last_error,
+        "log": [
+            {
+                "at": a.at,
+                "status": a.status,
+                "ms": a.latency_ms,
+                "error": a.error,
+                "response": a.response,
+            }
+            for a in d.log
+        ],
+    }
+
+
+def delivery_row(d: DeliveryRecord) -> tuple[Any, ...]:
+    """A delivery as the values of :data:`DELIVERY_COLUMNS`."""
+    return (
+        d.namespace,
+        d.delivery_id,
+        d.job_id,
+        d.shard,
+        d.state.value,
+        d.attempts,
+        d.next_attempt_at,
+        d.created_at,
+        d.updated_at,
+        d.lease_owner,
+        d.lease_until,
+        d.payload,
+        dumps(delivery_to_doc(d)),
+    )
+
+
+def delivery_from_row(row: Iterable[Any]) -> DeliveryRecord:
+    """A delivery from the values of :data:`DELIVERY_COLUMNS`."""
+    (
+        namespace,
+        delivery_id,
+        job_id,
+        shard,
+        state,
+        attempts,
+        next_attempt_at,
+        created_at,
+        updated_at,
+        lease_owner,
+        lease_until,
+        payload,
+        doc,
+    ) = row
+    try:
+        d = loads(doc)
+        return DeliveryRecord(
+            namespace=namespace,
+            delivery_id=delivery_id,
+            job_id=job_id,
+            event_type=d["eventType"],
+            payload=bytes(payload),
+            url=d["url"],
+            shard=shard,
+            state=DeliveryState(state),
+            next_attempt_at=next_attempt_at,
+            created_at=created_at,
+            updated_at=updated_at,
+            attempts=attempts,
+            last_status=d["lastStatus"],
+            last_error=d["lastError"],
+            lease_owner=lease_owner,
+            lease_until=lease_until,
+            log=tuple(
+                AttemptRecord(a["at"], a["status"], a["ms"], a["error"], a["response"])
+                for a in d["log"]
+            ),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CorruptData(f"stored delivery is malformed: {exc!r}") from exc
 
 
 def job_from_doc(d: Mapping[str, Any]) -> JobRecord:
@@ -272,6 +462,7 @@ def job_from_doc(d: Mapping[str, Any]) -> JobRecord:
             completed_at=d["completedAt"],
             expires_at=d["expiresAt"],
             error=d["error"],
+            output_notified_at=d.get("outputNotifiedAt"),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise CorruptData(f"stored job document is malformed: {exc!r}") from exc

@@ -7,12 +7,21 @@ dialects differ only in types, placeholders and how a write is made atomic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Literal
 
-from .records import EventKind, EventRecord, JobQuery, JobRecord
+from .records import DELIVERY_COLUMNS, DeliveryQuery, EventKind, EventRecord, JobQuery, JobRecord
 
-__all__ = ["EVENT_COLUMNS", "Params", "event_from_row", "event_rows", "list_jobs_sql"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "Params",
+    "due_deliveries_sql",
+    "event_from_row",
+    "event_rows",
+    "list_deliveries_sql",
+    "list_jobs_sql",
+    "outbox_stats_sql",
+]
 
 #: columns of ``events`` that make an :class:`EventRecord`, in this order
 EVENT_COLUMNS = "seq, kind, at, version, chunk_index, format, data"
@@ -99,4 +108,51 @@ def list_jobs_sql(namespace: str, query: JobQuery, params: Params) -> str:
     return (
         f"SELECT {job}.doc FROM {source} WHERE {' AND '.join(where)} "
         f"ORDER BY o.created_at {direction}, o.job_id {direction} LIMIT {params(query.limit)}"
+    )
+
+
+def _shard_filter(shards: Collection[int] | None, params: Params) -> str:
+    if shards is None:
+        return ""
+    return f" AND shard IN ({', '.join(params(s) for s in sorted(shards))})"
+
+
+def due_deliveries_sql(
+    now: int, limit: int, shards: Collection[int] | None, params: Params, *, lock: str = ""
+) -> str:
+    """The due, unleased pending deliveries, earliest first (``lock``: a
+    ``FOR UPDATE …`` clause where the store has one)."""
+    return (
+        f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' "
+        f"AND next_attempt_at <= {params(now)} "
+        f"AND (lease_until IS NULL OR lease_until <= {params(now)})"
+        f"{_shard_filter(shards, params)} ORDER BY next_attempt_at LIMIT {params(limit)}"
+        f"{' ' + lock if lock else ''}"
+    )
+
+
+def outbox_stats_sql(shards: Collection[int] | None, params: Params) -> str:
+    return (
+        "SELECT count(*), min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+        f"{_shard_filter(shards, params)}"
+    )
+
+
+def list_deliveries_sql(namespace: str, query: DeliveryQuery, params: Params) -> str:
+    where = [f"namespace = {params(namespace)}"]
+    if query.job_id is not None:
+        where.append(f"job_id = {params(query.job_id)}")
+    if query.state is not None:
+        where.append(f"state = {params(query.state.value)}")
+    if query.created_since is not None:
+        where.append(f"created_at >= {params(query.created_since)}")
+    if query.after is not None:
+        created_at, delivery_id = query.after
+        where.append(
+            f"(created_at < {params(created_at)} OR "
+            f"(created_at = {params(created_at)} AND delivery_id < {params(delivery_id)}))"
+        )
+    return (
+        f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} "
+        f"ORDER BY created_at DESC, delivery_id DESC LIMIT {params(query.limit)}"
     )

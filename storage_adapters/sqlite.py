@@ -28,7 +28,7 @@ import asyncio
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -46,17 +46,34 @@ from .errors import (
     StoreUnavailable,
 )
 from .records import (
+    DELIVERY_COLUMNS,
+    DeliveryQuery,
+    DeliveryRecord,
+    EndpointRecord,
     EventRecord,
     JobQuery,
     JobRecord,
     KeyRecord,
     NamespaceRecord,
+    OutboxStats,
+    delivery_from_row,
+    delivery_row,
+    delivery_to_doc,
     dumps,
     job_from_doc,
     job_to_doc,
     loads,
 )
-from .sql import EVENT_COLUMNS, Params, event_from_row, event_rows, list_jobs_sql
+from .sql import (
+    EVENT_COLUMNS,
+    Params,
+    due_deliveries_sql,
+    event_from_row,
+    event_rows,
+    list_deliveries_sql,
+    list_jobs_sql,
+    outbox_stats_sql,
+)
 
 __all__ = ["MIGRATIONS", "SQLiteAdapter"]
 
@@ -120,6 +137,39 @@ MIGRATIONS: list[tuple[int, str]] = [
             ON events (namespace, job_id, version, chunk_index) WHERE chunk_index >= 0;
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE deliveries (
+            namespace       TEXT NOT NULL,
+            delivery_id     TEXT NOT NULL,
+            job_id          TEXT NOT NULL,
+            shard           INTEGER NOT NULL,
+            state           TEXT NOT NULL,
+            attempts        INTEGER NOT NULL,
+            next_attempt_at INTEGER NOT NULL,
+            created_at      INTEGER NOT NULL,
+            updated_at      INTEGER NOT NULL,
+            lease_owner     TEXT,
+            lease_until     INTEGER,
+            payload         BLOB NOT NULL,
+            doc             BLOB NOT NULL,
+            PRIMARY KEY (namespace, delivery_id)
+        );
+        CREATE INDEX deliveries_due ON deliveries (next_attempt_at, shard)
+            WHERE state = 'pending';
+        CREATE INDEX deliveries_by_job ON deliveries (namespace, job_id, created_at);
+        CREATE INDEX deliveries_by_state ON deliveries (namespace, state, created_at);
+
+        CREATE TABLE webhook_endpoints (
+            namespace   TEXT NOT NULL,
+            url         TEXT NOT NULL,
+            disabled_at INTEGER,
+            reason      TEXT,
+            PRIMARY KEY (namespace, url)
+        );
+        """,
+    ),
 ]
 
 _UNAVAILABLE_MESSAGES = (
@@ -141,6 +191,14 @@ def _missing_or_moved(
     if row is None:
         return NotFound(f"job {job_id} does not exist")
     return RevisionConflict(f"job {job_id} is at revision {row[0]}, not {expected_revision}")
+
+
+def _insert_deliveries(db: sqlite3.Connection, deliveries: Sequence[DeliveryRecord]) -> None:
+    if deliveries:
+        db.executemany(
+            f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+            [delivery_row(d) for d in deliveries],
+        )
 
 
 def _insert_events(db: sqlite3.Connection, job: JobRecord, events: Sequence[EventRecord]) -> None:
@@ -417,7 +475,12 @@ class SQLiteAdapter(StorageAdapter):
 
     # -- jobs --------------------------------------------------------------
 
-    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+    async def _create_job(
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        deliveries: Sequence[DeliveryRecord],
+    ) -> None:
         doc = dumps(job_to_doc(job))
 
         def write(db: sqlite3.Connection) -> None:
@@ -442,6 +505,7 @@ class SQLiteAdapter(StorageAdapter):
                 [(job.namespace, tag, job.created_at, job.job_id) for tag in set(job.tags)],
             )
             _insert_events(db, job, events)
+            _insert_deliveries(db, deliveries)
 
         await self._write(write)
 
@@ -452,7 +516,11 @@ class SQLiteAdapter(StorageAdapter):
         return job_from_doc(loads(row[0])) if row is not None else None
 
     async def _update_job(
-        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        expected_revision: int,
+        deliveries: Sequence[DeliveryRecord],
     ) -> None:
         doc = dumps(job_to_doc(job))
 
@@ -474,6 +542,7 @@ class SQLiteAdapter(StorageAdapter):
             if cursor.rowcount != 1:
                 raise _missing_or_moved(db, job.namespace, job.job_id, expected_revision)
             _insert_events(db, job, events)
+            _insert_deliveries(db, deliveries)
 
         await self._write(write)
 
@@ -528,6 +597,128 @@ class SQLiteAdapter(StorageAdapter):
         params = Params("qmark")
         rows = await self._read(list_jobs_sql(namespace, query, params), params.values)
         return [job_from_doc(loads(row[0])) for row in rows]
+
+    # -- the webhook outbox ---------------------------------------------------
+
+    async def _get_delivery(self, namespace: str, delivery_id: str) -> DeliveryRecord | None:
+        rows = await self._read(
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE namespace = ? AND delivery_id = ?",
+            (namespace, delivery_id),
+        )
+        return delivery_from_row(rows[0]) if rows else None
+
+    async def _list_deliveries(self, namespace: str, query: DeliveryQuery) -> list[DeliveryRecord]:
+        params = Params("qmark")
+        rows = await self._read(list_deliveries_sql(namespace, query, params), params.values)
+        return [delivery_from_row(row) for row in rows]
+
+    async def _claim_deliveries(
+        self,
+        now: int,
+        limit: int,
+        owner: str,
+        lease_until: int,
+        shards: Collection[int] | None,
+    ) -> list[DeliveryRecord]:
+        params = Params("qmark")
+        sql = due_deliveries_sql(now, limit, shards, params)
+
+        def write(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = db.execute(sql, params.values).fetchall()
+            db.executemany(
+                "UPDATE deliveries SET lease_owner = ?, lease_until = ? "
+                "WHERE namespace = ? AND delivery_id = ?",
+                [(owner, lease_until, row[0], row[1]) for row in rows],
+            )
+            return rows
+
+        rows: list[tuple[Any, ...]] = await self._write(write)
+        # The rows as read, with the lease just taken (columns 9 and 10).
+        return [delivery_from_row((*row[:9], owner, lease_until, *row[11:])) for row in rows]
+
+    async def _finish_deliveries(
+        self, deliveries: Sequence[DeliveryRecord], owner: str
+    ) -> list[bool]:
+        rows = [
+            (
+                d.state.value,
+                d.attempts,
+                d.next_attempt_at,
+                d.updated_at,
+                dumps(delivery_to_doc(d)),
+                d.namespace,
+                d.delivery_id,
+                owner,
+            )
+            for d in deliveries
+        ]
+
+        sql = (
+            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
+            "updated_at = ?, doc = ?, lease_owner = NULL, lease_until = NULL "
+            "WHERE namespace = ? AND delivery_id = ? AND lease_owner = ?"
+        )
+
+        def write(db: sqlite3.Connection) -> list[bool]:
+            db.execute("SAVEPOINT finish")
+            if db.executemany(sql, rows).rowcount == len(rows):
+                db.execute("RELEASE finish")
+                return [True] * len(rows)  # the common case: every lease still held
+            db.execute("ROLLBACK TO finish")
+            db.execute("RELEASE finish")
+            return [db.execute(sql, row).rowcount == 1 for row in rows]
+
+        result: list[bool] = await self._write(write)
+        return result
+
+    async def _requeue_deliveries(
+        self, namespace: str, delivery_ids: Sequence[str], now: int
+    ) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            count = 0
+            for delivery_id in delivery_ids:
+                count += db.execute(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, "
+                    "next_attempt_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL "
+                    "WHERE namespace = ? AND delivery_id = ? "
+                    "AND (lease_until IS NULL OR lease_until <= ?)",
+                    (now, now, namespace, delivery_id, now),
+                ).rowcount
+            return count
+
+        result: int = await self._write(write)
+        return result
+
+    async def _outbox_stats(self, now: int, shards: Collection[int] | None) -> OutboxStats:
+        params = Params("qmark")
+        rows = await self._read(outbox_stats_sql(shards, params), params.values)
+        return OutboxStats(rows[0][0], rows[0][1])
+
+    async def _put_endpoint(self, endpoint: EndpointRecord) -> None:
+        row = (endpoint.namespace, endpoint.url, endpoint.disabled_at, endpoint.reason)
+        await self._write(
+            lambda db: db.execute(
+                "INSERT INTO webhook_endpoints (namespace, url, disabled_at, reason) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (namespace, url) DO UPDATE SET "
+                "disabled_at = excluded.disabled_at, reason = excluded.reason",
+                row,
+            )
+        )
+
+    async def _get_endpoint(self, namespace: str, url: str) -> EndpointRecord | None:
+        row = await self._point_read(
+            "SELECT disabled_at, reason FROM webhook_endpoints WHERE namespace = ? AND url = ?",
+            (namespace, url),
+        )
+        return EndpointRecord(namespace, url, row[0], row[1]) if row is not None else None
+
+    async def _list_endpoints(self, namespace: str) -> list[EndpointRecord]:
+        rows = await self._read(
+            "SELECT url, disabled_at, reason FROM webhook_endpoints WHERE namespace = ? "
+            "ORDER BY url",
+            (namespace,),
+        )
+        return [EndpointRecord(namespace, *row) for row in rows]
 
 
 def _migrate(db: sqlite3.Connection, apply: bool) -> list[int]:

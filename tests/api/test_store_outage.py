@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from storage_adapters import EventRecord, JobRecord, StoreUnavailable, StoreURL
+from storage_adapters import DeliveryRecord, EventRecord, JobRecord, StoreUnavailable, StoreURL
 from storage_adapters.memory import MemoryAdapter
 
 from ..support import ADMIN_TOKEN, auth
@@ -28,14 +28,20 @@ class SwitchableStore(MemoryAdapter):
         return await super()._get_job(namespace, job_id)
 
     async def _update_job(
-        self, job: JobRecord, events: Sequence[EventRecord], expected_revision: int
+        self,
+        job: JobRecord,
+        events: Sequence[EventRecord],
+        expected_revision: int,
+        deliveries: Sequence[DeliveryRecord],
     ) -> None:
         self._check()
-        await super()._update_job(job, events, expected_revision)
+        await super()._update_job(job, events, expected_revision, deliveries)
 
-    async def _create_job(self, job: JobRecord, events: Sequence[EventRecord]) -> None:
+    async def _create_job(
+        self, job: JobRecord, events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]
+    ) -> None:
         self._check()
-        await super()._create_job(job, events)
+        await super()._create_job(job, events, deliveries)
 
 
 async def test_outage_gives_503_then_recovers() -> None:
