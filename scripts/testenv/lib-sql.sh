@@ -40,7 +40,7 @@ ensure_reachable() {
 # an exited daemon stays a zombie for a while and `kill -0` still succeeds.
 pid_alive() {
   local _pid comm state
-  [ -n "$1" ] && read -r _pid comm state _ <"/proc/$1/stat" 2>/dev/null || return 1
+  [ -n "$1" ] && read -r _pid comm state _ 2>/dev/null <"/proc/$1/stat" || return 1
   [ "$comm" = "($2)" ] && [ "$state" != Z ]
 }
 
