@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean bench-store bench-webhooks
+.PHONY: run test lint format venv clean bench-store bench-webhooks bench-large-output
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench-webhooks: venv
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
 	$(BIN)/python -m loadtests.bench_webhooks --stores sqlite,postgresql,mysql
+
+## bench-large-output: a 10 GiB output in and out, next to nginx (docs/benchmarks.md)
+bench-large-output: venv
+	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
+	eval "$$env_lines"; \
+	$(BIN)/python -m loadtests.bench_large_output --size 10GiB --stores sqlite,postgresql,mysql
 
 format: venv
 	$(BIN)/ruff check --fix .

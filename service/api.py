@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +11,11 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from storage_adapters import (
-    JobRecord,
     NamespaceRecord,
-    OutputFormat,
     StorageAdapter,
-    VersionRecord,
 )
 from webhooks.drainer import Drainer
 
@@ -40,12 +35,18 @@ from .views import (
     job_etag,
     job_view,
     namespace_view,
-    output_etag,
     status_etag,
     status_view,
 )
 
-__all__ = ["AppState", "JSONResponse", "job_call", "namespace_call", "state_of"]
+__all__ = [
+    "AppState",
+    "JSONResponse",
+    "job_call",
+    "job_location",
+    "namespace_call",
+    "state_of",
+]
 
 _MAX_WAIT = 60.0
 
@@ -121,7 +122,7 @@ async def job_call(request: Request, action: Action) -> tuple[AppState, str, str
     return state, namespace, job_id
 
 
-def _job_location(namespace: str, job_id: str) -> str:
+def job_location(namespace: str, job_id: str) -> str:
     return f"/api/v1/namespaces/{namespace}/jobs/{job_id}"
 
 
@@ -146,7 +147,7 @@ async def create_job(request: Request) -> Response:
             f"PUT /api/v1/namespaces/{namespace}",
         )
     job, created = await state.jobs.create(record, new_job)
-    headers = {"Location": _job_location(namespace, job.job_id), "ETag": job_etag(job)}
+    headers = {"Location": job_location(namespace, job.job_id), "ETag": job_etag(job)}
     return JSONResponse(job_view(job), status_code=201 if created else 200, headers=headers)
 
 
@@ -220,107 +221,6 @@ async def cancel_job(request: Request) -> Response:
     state, namespace, job_id = await job_call(request, Action.CANCEL)
     job = await state.jobs.cancel(namespace, job_id)
     return JSONResponse(job_view(job), headers={"ETag": job_etag(job)})
-
-
-# -- output -------------------------------------------------------------------------
-
-
-async def append_output(request: Request) -> Response:
-    state, namespace, job_id = await job_call(request, Action.WRITE)
-    fmt, content_type = validation.chunk_format(request.headers.get("content-type"))
-    index = validation.parse_chunk_index(request.headers.get("x-chunk-index"))
-    data = await validation.read_body(request, state.settings.max_chunk_bytes)
-    validation.check_chunk(data, fmt)
-    result = await state.jobs.append(namespace, job_id, data, fmt, content_type, index)
-    chunk = result.event
-    return JSONResponse(
-        {"seq": chunk.seq, "version": chunk.version, "index": chunk.index, "size": len(chunk.data)},
-        status_code=201 if result.created else 200,
-    )
-
-
-async def start_version(request: Request) -> Response:
-    state, namespace, job_id = await job_call(request, Action.WRITE)
-    job = await state.jobs.start_version(namespace, job_id)
-    return JSONResponse({"version": job.current_version, "seq": job.last_seq}, status_code=201)
-
-
-def _version_param(request: Request, current: int) -> int:
-    raw = request.query_params.get("version")
-    if raw is None or raw == "":
-        return current
-    if not raw.isdigit() or int(raw) < 1:
-        raise Problem("bad-request", "?version must be a positive integer")
-    return int(raw)
-
-
-async def _version_call(request: Request) -> tuple[AppState, JobRecord, VersionRecord, str]:
-    """A read of one output version: ``(state, job, version, its ETag)``."""
-    state, namespace, job_id = await job_call(request, Action.READ)
-    job = await state.jobs.get(namespace, job_id)
-    number = _version_param(request, job.current_version)
-    version = job.version(number)
-    if version is None:
-        raise Problem("version-not-found", f"job {job_id!r} has no version {number}")
-    return state, job, version, output_etag(job, version)
-
-
-async def get_output(request: Request) -> Response:
-    state, job, version, etag = await _version_call(request)
-    if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    limit = state.settings.max_inline_output_bytes
-    if version.size > limit:
-        raw_url = f"{_job_location(job.namespace, job.job_id)}/output/raw?version={version.number}"
-        raise Problem(
-            "output-too-large",
-            f"version {version.number} is {version.size} bytes, over the {limit}-byte limit "
-            f"of this route; download it from {raw_url}",
-            extra={"rawUrl": raw_url},
-        )
-    chunks = state.jobs.output_chunks(job, version.number)
-    data = b"".join([chunk.data async for chunk in chunks])
-    output: Any
-    if version.format is OutputFormat.BINARY:
-        output, encoding = base64.b64encode(data).decode("ascii"), "base64"
-    else:
-        output, encoding = data.decode("utf-8"), "utf-8"
-        if version.format is OutputFormat.JSON:
-            try:
-                output, encoding = orjson.loads(data), "json"
-            except orjson.JSONDecodeError:
-                pass  # not a whole document (yet): the text as it is
-    return JSONResponse(
-        {
-            "jobId": job.job_id,
-            "version": version.number,
-            "format": version.format.value if version.format else None,
-            "contentType": version.content_type,
-            "encoding": encoding,
-            "size": version.size,
-            "chunks": version.chunks,
-            "completedAt": render_timestamp(version.completed_at),
-            "output": output,
-        },
-        headers={"ETag": etag},
-    )
-
-
-async def get_raw_output(request: Request) -> Response:
-    state, job, version, etag = await _version_call(request)
-    headers = {"ETag": etag, "Content-Length": str(version.size)}
-    if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers={"ETag": etag})
-
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in state.jobs.output_chunks(job, version.number):
-            yield chunk.data
-
-    return StreamingResponse(
-        body(),
-        headers=headers,
-        media_type=version.content_type or "application/octet-stream",
-    )
 
 
 # -- streaming ----------------------------------------------------------------------

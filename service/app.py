@@ -19,16 +19,19 @@ from webhooks.ssrf import AddressGuard
 from . import __version__
 from .api import AppState
 from .auth import Authenticator
+from .codec import Codec
 from .hub import Hub
+from .janitor import Janitor
 from .jobs import JobService
 from .logs import log_event
 from .metrics import Metrics
 from .middleware import RequestMiddleware
 from .namespaces import NamespaceDirectory
 from .openapi import build_openapi
+from .outputs import OutputReader
 from .routes import routes
 from .routing import SegmentRouter
-from .settings import Settings
+from .settings import MAX_CHUNK, Settings
 
 __all__ = ["create_app"]
 
@@ -124,20 +127,40 @@ def create_app(
             DrainerMetrics(metrics.registry),
             namespaces.hooks,
         )
+    codec = Codec(
+        compression=settings.compression,
+        level=settings.compression_level,
+        max_chunk=MAX_CHUNK,  # not the settings: chunks stored before a change stay readable
+    )
+    jobs = JobService(
+        store,
+        hub,
+        metrics,
+        namespaces=namespaces,
+        codec=codec,
+        outputs=OutputReader(
+            store,
+            codec,
+            batch_bytes=settings.read_batch_bytes,
+            max_chunk=settings.largest_chunk,
+        ),
+        max_versions=settings.max_versions,
+        default_retention=settings.default_retention,
+        max_version_bytes=settings.max_version_bytes,
+        purge_batch=settings.purge_batch,
+        output_interval=settings.webhook_output_interval,
+        on_deliveries=drainer.wake if drainer is not None else lambda: None,
+    )
+    janitor = (
+        Janitor(store, jobs, metrics, interval=settings.janitor_interval)
+        if settings.janitor
+        else None
+    )
     state = AppState(
         settings=settings,
         store=store,
         hub=hub,
-        jobs=JobService(
-            store,
-            hub,
-            metrics,
-            namespaces=namespaces,
-            max_versions=settings.max_versions,
-            default_retention=settings.default_retention,
-            output_interval=settings.webhook_output_interval,
-            on_deliveries=drainer.wake if drainer is not None else lambda: None,
-        ),
+        jobs=jobs,
         auth=Authenticator(store, settings.admin_token, settings.key_cache_seconds),
         namespaces=namespaces,
         metrics=metrics,
@@ -151,12 +174,15 @@ def create_app(
         tasks = [asyncio.create_task(_watch_store(state), name="aos-store-watch")]
         if drainer is not None:
             tasks.append(asyncio.create_task(drainer.run(), name="aos-webhooks"))
+        if janitor is not None:
+            tasks.append(asyncio.create_task(janitor.run(), name="aos-janitor"))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await jobs.close()
             if drainer is not None:
                 await drainer.client.close()
             hub.close_all()

@@ -10,11 +10,19 @@ writer on another node makes the compare-and-set fail, and the change is
 computed again from the fresh row. Once the write has started it is shielded
 from cancellation, so a client that hangs up never leaves a change written but
 unpublished.
+
+Output chunks are encoded (compressed, digested) before the job is locked.
+When a version closes, its SHA-256 is computed from the store in the
+background and recorded with a change that appends nothing. Removing a job
+(deleted, or expired) goes piece by piece: the job is made to expire first,
+so clients no longer see it, then its log and deliveries are purged in
+bounded batches, the job row last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
@@ -27,6 +35,7 @@ import orjson
 
 from storage_adapters import (
     AlreadyExists,
+    CorruptData,
     EventKind,
     EventRecord,
     JobQuery,
@@ -37,17 +46,20 @@ from storage_adapters import (
     RevisionConflict,
     StorageAdapter,
     StoreUnavailable,
+    VersionRecord,
 )
 from storage_adapters.base import shielded
 
 from . import lifecycle
 from .clock import now_us
+from .codec import Codec
 from .hub import Hub, HubEvent, Topic
 from .ids import new_job_id
 from .logs import log_event
 from .metrics import Metrics
 from .namespaces import NamespaceDirectory
 from .outbox import with_deliveries
+from .outputs import OutputReader
 from .views import event_frame, terminal_status
 
 __all__ = ["AppendResult", "JobNotFound", "JobService", "NewJob"]
@@ -55,7 +67,10 @@ __all__ = ["AppendResult", "JobNotFound", "JobService", "NewJob"]
 logger = logging.getLogger("aos.jobs")
 
 _MAX_ATTEMPTS = 16
-_READ_BATCH = 256
+#: the size to assume for a log entry that is not a chunk, when batching reads
+_ENTRY_BYTES = 64 * 1024
+#: versions digested at the same time, per node
+_DIGEST_CONCURRENCY = 2
 
 
 class JobNotFound(Exception):
@@ -115,8 +130,12 @@ class JobService:
         metrics: Metrics,
         *,
         namespaces: NamespaceDirectory,
+        codec: Codec,
+        outputs: OutputReader,
         max_versions: int,
         default_retention: int | None,
+        max_version_bytes: int | None = None,
+        purge_batch: int = 500,
         output_interval: float = 1.0,
         on_deliveries: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = now_us,
@@ -126,6 +145,10 @@ class JobService:
         self.hub = hub
         self.metrics = metrics
         self.namespaces = namespaces
+        self.codec = codec
+        self.outputs = outputs
+        self.purge_batch = purge_batch
+        self.max_version_bytes = max_version_bytes
         self.output_interval = int(output_interval * 1_000_000)
         self.on_deliveries = on_deliveries
         self.max_versions = max_versions
@@ -135,6 +158,9 @@ class JobService:
         #: the last row this node wrote, per job (most recent last)
         self._recent: OrderedDict[Topic, JobRecord] = OrderedDict()
         self._recent_size = recent_jobs
+        #: background digests of closed versions, by (namespace, job, version)
+        self._digests: dict[tuple[str, str, int], asyncio.Task[None]] = {}
+        self._digest_slots = asyncio.Semaphore(_DIGEST_CONCURRENCY)
 
     # -- reads ---------------------------------------------------------------
 
@@ -155,36 +181,25 @@ class JobService:
     async def list(self, namespace: str, query: JobQuery) -> list[JobRecord]:
         return await self.store.list_jobs(namespace, query)
 
-    async def events_after(
-        self, namespace: str, job_id: str, after_seq: int
-    ) -> AsyncIterator[EventRecord]:
-        """Every committed entry after ``after_seq``, read from the store in batches."""
+    async def events_after(self, job: JobRecord, after_seq: int) -> AsyncIterator[EventRecord]:
+        """Every committed entry after ``after_seq``, read from the store in
+        batches that fit the read budget, chunks as stored."""
+        # An open version may still grow a chunk as large as any.
+        largest = max(
+            _ENTRY_BYTES,
+            *(
+                v.max_chunk if v.completed_at is not None else self.outputs.max_chunk
+                for v in job.versions
+            ),
+        )
+        limit = self.outputs.batch_limit(largest)
         while True:
-            batch = await self.store.read_events(namespace, job_id, after_seq, _READ_BATCH)
+            batch = await self.store.read_events(job.namespace, job.job_id, after_seq, limit)
             for event in batch:
                 yield event
-            if len(batch) < _READ_BATCH:
+            if len(batch) < limit:
                 return
             after_seq = batch[-1].seq
-
-    async def output_chunks(self, job: JobRecord, version: int) -> AsyncIterator[EventRecord]:
-        """The chunks of ``version`` as the job row saw them, in order.
-
-        Chunks appended after ``job`` was read are left out, so the bytes match
-        the version's recorded size.
-        """
-        record = job.version(version)
-        if record is None:
-            return
-        after = -1
-        while after + 1 < record.chunks:
-            limit = min(_READ_BATCH, record.chunks - after - 1)
-            batch = await self.store.read_chunks(job.namespace, job.job_id, version, after, limit)
-            if not batch:
-                return
-            for chunk in batch:
-                yield chunk
-            after = batch[-1].index
 
     # -- writes --------------------------------------------------------------
 
@@ -224,11 +239,7 @@ class JobService:
                     continue  # deleted in between: try again
                 if self._alive(existing) is None:
                     # Expired but not purged yet: it no longer exists for clients.
-                    try:
-                        await self.store.delete_job(namespace.name, job_id, existing.revision)
-                    except (RevisionConflict, NotFound):
-                        pass
-                    self._forget(topic)
+                    await self._purge(existing)
                     continue
                 if existing.fingerprint != fingerprint:
                     raise lifecycle.InvalidChange(
@@ -268,58 +279,153 @@ class JobService:
         fmt: OutputFormat,
         content_type: str,
         index: int | None = None,
+        *,
+        sha256: str | None = None,
+        encoded: lifecycle.Chunk | None = None,
     ) -> AppendResult:
-        """Append one chunk; a retry of a stored ``index`` returns the stored one."""
+        """Append one chunk; a retry of a stored ``index`` returns the stored one.
+
+        ``sha256`` (of the whole version) makes the chunk the version's last;
+        ``encoded`` is ``data`` encoded already.
+        """
+        chunk = encoded or await self.codec.encode_async(data)
         try:
             change = await self._mutate(
                 namespace,
                 job_id,
                 lambda job: lifecycle.append_chunk(
-                    job, data, fmt, content_type, self.clock(), index
+                    job,
+                    chunk,
+                    fmt,
+                    content_type,
+                    self.clock(),
+                    index,
+                    sha256=sha256,
+                    max_size=self.max_version_bytes,
                 ),
+                plain=data,
             )
         except lifecycle.ChunkAlreadyStored as stored:
-            chunk = await self.store.find_chunk(namespace, job_id, stored.version, stored.index)
-            if chunk is None:  # deleted in between
+            event = await self.store.find_chunk(namespace, job_id, stored.version, stored.index)
+            if event is None:  # deleted in between
                 raise JobNotFound(namespace, job_id) from None
-            if chunk.data != data or chunk.format != fmt.value:
+            same = (
+                event.digest == chunk.digest
+                if event.digest is not None
+                else self.codec.decode(event) == data
+            )
+            if not same or event.format != fmt.value:
                 raise lifecycle.InvalidChange(
                     f"chunk {stored.index} of version {stored.version} is stored with "
                     "different content",
                     "chunk-index-conflict",
                 ) from None
-            return AppendResult(chunk, created=False)
+            return AppendResult(event, created=False)
         self.metrics.appended_bytes.inc(len(data))
+        self.metrics.stored_bytes.inc(len(chunk.data))
         return AppendResult(change.events[-1], created=True)
 
+    async def seal(
+        self, namespace: str, job_id: str, version: int, chunks: int, sha256: str
+    ) -> JobRecord:
+        """Record the digest of a version's ``chunks`` chunks, closing it if open."""
+        change = await self._mutate(
+            namespace,
+            job_id,
+            lambda job: lifecycle.seal_version(job, version, chunks, sha256, self.clock()),
+        )
+        return change.job
+
     async def delete(self, namespace: str, job_id: str) -> None:
-        topic = (namespace, job_id)
-        async with self._locks.hold(topic):
-            for _ in range(_MAX_ATTEMPTS):
-                job = await self.get(namespace, job_id)
-                if not job.terminal:
-                    raise lifecycle.InvalidChange(
-                        f"the job is {job.status.value}; cancel it or let it finish before "
-                        "deleting it",
-                        "job-not-terminal",
-                    )
-                try:
-                    await self.store.delete_job(namespace, job_id, job.revision)
-                except RevisionConflict:
-                    continue
-                finally:
-                    self._forget(topic)
-                self.hub.close_topic(topic)
-                log_event(logger, "job.deleted", namespace=namespace, jobId=job_id)
-                return
-        raise StoreUnavailable("the job changed too often to delete it; retry")
+        """Remove a finished job: it expires now, then is purged piece by piece."""
+        change = await self._mutate(
+            namespace, job_id, lambda job: lifecycle.expire(job, self.clock())
+        )
+        await self._purge(change.job)
+        log_event(logger, "job.deleted", namespace=namespace, jobId=job_id)
+
+    async def purge(self, job: JobRecord) -> None:
+        """Remove an expired job, its log and its deliveries (the janitor's work)."""
+        if job.expires_at is None or job.expires_at > self.clock():
+            raise ValueError(f"job {job.job_id!r} has not expired")
+        await self._purge(job)
+        log_event(logger, "job.purged", namespace=job.namespace, jobId=job.job_id)
+
+    async def _purge(self, job: JobRecord) -> None:
+        topic = (job.namespace, job.job_id)
+        self._forget(topic)
+        self.hub.close_topic(topic)
+        for number in range(1, len(job.versions) + 1):
+            task = self._digests.get((job.namespace, job.job_id, number))
+            if task is not None:
+                task.cancel()
+        # Each call is one bounded, atomic step; a crash in between leaves an
+        # expired job that the janitor finishes.
+        while not await self.store.purge_job(
+            job.namespace, job.job_id, job.created_at, self.purge_batch
+        ):
+            pass
+        self.metrics.purged_jobs.inc()
+
+    # -- digests of closed versions ---------------------------------------------------
+
+    def digest_later(self, job: JobRecord, number: int) -> None:
+        """Compute and record version ``number``'s SHA-256 in the background,
+        unless it is recorded, running, or the version is still open."""
+        version = job.version(number)
+        key = (job.namespace, job.job_id, number)
+        if version is None or version.sha256 is not None or version.completed_at is None:
+            return
+        if key in self._digests:
+            return
+        task = asyncio.create_task(self._digest(job, version), name=f"aos-digest-{key}")
+        self._digests[key] = task
+        task.add_done_callback(lambda _: self._digests.pop(key, None))
+
+    async def _digest(self, job: JobRecord, version: VersionRecord) -> None:
+        async with self._digest_slots:
+            try:
+                sha256 = await self.outputs.digest(job, version)
+                await self.seal(job.namespace, job.job_id, version.number, version.chunks, sha256)
+            except (JobNotFound, lifecycle.InvalidChange, StoreUnavailable) as exc:
+                # Gone, changed, or the store is down: the next read tries again.
+                log_event(
+                    logger,
+                    "version.digest_skipped",
+                    namespace=job.namespace,
+                    jobId=job.job_id,
+                    version=version.number,
+                    reason=str(exc),
+                )
+            except CorruptData as exc:
+                log_event(
+                    logger,
+                    "version.corrupt",
+                    logging.ERROR,
+                    namespace=job.namespace,
+                    jobId=job.job_id,
+                    version=version.number,
+                    detail=str(exc),
+                )
+            except Exception:
+                logger.exception("digest of version %d of %s failed", version.number, job.job_id)
+
+    async def close(self) -> None:
+        """Stop the background digests (a later read starts them again)."""
+        tasks = list(self._digests.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _mutate(
         self,
         namespace: str,
         job_id: str,
         compute: Callable[[JobRecord], lifecycle.Change],
+        plain: bytes | None = None,
     ) -> lifecycle.Change:
+        """Apply ``compute`` to the job and write the result; ``plain``: the
+        bytes as appended of the chunk the change stores, if one."""
         topic = (namespace, job_id)
         async with self._locks.hold(topic):
             for _ in range(_MAX_ATTEMPTS):
@@ -327,10 +433,10 @@ class JobService:
                 # written since, the compare-and-set fails and the row is read.
                 job = self._alive(self._recent.get(topic)) or await self.get(namespace, job_id)
                 change = compute(job)
-                if not change.events:
-                    return change
+                if change.job is job:
+                    return change  # nothing to do
                 try:
-                    change = await shielded(self._write(job, change))
+                    change = await shielded(self._write(job, change, plain=plain))
                 except (RevisionConflict, NotFound):
                     self._forget(topic)
                     continue
@@ -352,6 +458,8 @@ class JobService:
         before: JobRecord | None,
         change: lifecycle.Change,
         namespace: NamespaceRecord | None = None,
+        *,
+        plain: bytes | None = None,
     ) -> lifecycle.Change:
         """Write the change with the webhooks it queues, then publish and account
         for it. Returns the change as written."""
@@ -369,8 +477,12 @@ class JobService:
         if deliveries:
             self.on_deliveries()
         topic = (job.namespace, job.job_id)
-        if self.hub.has_subscribers(topic):
-            self.hub.publish(topic, list(_hub_events(change.events)))
+        if change.events and self.hub.has_subscribers(topic):
+            self.hub.publish(topic, list(_hub_events(change.events, plain)))
+        if before is not None:
+            for old, new in zip(before.versions, job.versions, strict=False):
+                if old.completed_at is None and new.completed_at is not None:
+                    self.digest_later(job, new.number)
         for event in change.events:
             self.metrics.events_of(event.kind.value).inc()
             if event.kind is EventKind.STATUS:
@@ -403,6 +515,8 @@ def _status_of(event: EventRecord) -> str:
     return status
 
 
-def _hub_events(events: tuple[EventRecord, ...]) -> Iterator[HubEvent]:
+def _hub_events(events: tuple[EventRecord, ...], plain: bytes | None) -> Iterator[HubEvent]:
     for event in events:
+        if event.kind is EventKind.CHUNK and plain is not None:
+            event = dataclasses.replace(event, data=plain, codec="", digest=None)
         yield HubEvent(event.seq, event_frame(event), terminal_status(event))

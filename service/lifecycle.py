@@ -8,12 +8,17 @@ compare-and-set. Nothing here does I/O, so every rule is testable alone::
        └──────────────────────────────────────► Cancelled
 
 The first appended chunk moves a ``Queued`` job to ``Running``. Terminal
-states are final.
+states are final. A version is complete once the job ends, the next version
+starts, or a whole-output upload (``PUT``) finishes it; a complete version
+takes no more chunks and, once its bytes are digested, records their SHA-256.
+Changes that only record such facts (a digest, an expiry) append nothing to
+the log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +35,20 @@ from storage_adapters.records import (
 )
 
 __all__ = [
+    "EMPTY_SHA256",
     "TRANSITIONS",
     "UNSET",
     "Change",
+    "Chunk",
     "ChunkAlreadyStored",
     "InvalidChange",
     "StatusPatch",
     "append_chunk",
     "apply_patch",
     "cancel",
+    "expire",
     "new_job",
+    "seal_version",
     "start_version",
 ]
 
@@ -52,6 +61,22 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
 }
 
 UNSET: Any = object()
+
+#: the digest of a version without output
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+#: a chunk stored as it came is sent to zstd clients in a frame of raw blocks
+#: (see ``codec.raw_frame``): a 9-byte header, and 3 bytes per block of 128 KiB
+RAW_FRAME_HEADER = 9
+RAW_BLOCK = 128 * 1024
+
+
+def zstd_frame_size(chunk: Chunk) -> int:
+    """How many bytes the chunk takes as a zstd frame."""
+    if chunk.codec:
+        return len(chunk.data)
+    blocks = max(1, -(-chunk.size // RAW_BLOCK))
+    return RAW_FRAME_HEADER + 3 * blocks + chunk.size
 
 
 class InvalidChange(Exception):
@@ -89,6 +114,22 @@ class Change:
     events: tuple[EventRecord, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A chunk ready to store: its bytes as stored (``codec`` says how they
+    were encoded, ``""`` for as they came), and the size and SHA-256 of the
+    bytes as appended."""
+
+    data: bytes
+    size: int
+    digest: bytes
+    codec: str = ""
+
+    @classmethod
+    def stored_as_is(cls, data: bytes) -> Chunk:
+        return cls(data, len(data), hashlib.sha256(data).digest())
+
+
 class _Builder:
     """Accumulates one change: new field values and the events they log."""
 
@@ -109,19 +150,23 @@ class _Builder:
         kind: EventKind,
         payload: Mapping[str, Any] | None = None,
         *,
-        data: bytes | None = None,
         version: int = 0,
         index: int = -1,
         fmt: str = "",
+        chunk: Chunk | None = None,
+        offset: int = 0,
     ) -> EventRecord:
         event = EventRecord(
             seq=self.job.last_seq + len(self.events) + 1,
             kind=kind,
             at=self.now,
-            data=data if data is not None else dumps(payload),
+            data=chunk.data if chunk is not None else dumps(payload),
             version=version,
             index=index,
             format=fmt,
+            codec=chunk.codec if chunk is not None else "",
+            digest=chunk.digest if chunk is not None else None,
+            offset=offset,
         )
         self.events.append(event)
         return event
@@ -130,6 +175,13 @@ class _Builder:
         versions = list(self.get("versions"))
         versions[number - 1] = dataclasses.replace(versions[number - 1], **values)
         self.set(versions=tuple(versions))
+
+    def close_version(self, number: int) -> None:
+        version: VersionRecord = self.get("versions")[number - 1]
+        if version.completed_at is None:
+            self.set_version(number, completed_at=self.now)
+            if version.chunks == 0:
+                self.set_version(number, sha256=EMPTY_SHA256)
 
     def transition(self, status: JobStatus, error: Mapping[str, Any] | None = None) -> None:
         current: JobStatus = self.get("status")
@@ -154,8 +206,7 @@ class _Builder:
                 completed_at=self.now,
                 expires_at=self.now + ttl * 1_000_000 if ttl is not None else None,
             )
-            version = self.get("current_version")
-            self.set_version(version, completed_at=self.now)
+            self.close_version(self.get("current_version"))
         self.emit(EventKind.STATUS, payload)
 
     def progress(self, progress: float, estimated_completion: int | None) -> None:
@@ -165,15 +216,17 @@ class _Builder:
             {"progress": progress, "estimatedCompletion": estimated_completion},
         )
 
-    def build(self) -> Change:
-        if not self.events:
+    def build(self, *, logged: bool = True) -> Change:
+        """The change; ``logged=False`` allows one that appends nothing (it
+        then leaves ``updated_at`` alone: clients saw nothing happen)."""
+        if logged and not self.events:
             raise InvalidChange("the change is empty")
         job = dataclasses.replace(
             self.job,
             **self.fields,
             revision=self.job.revision + 1,
-            last_seq=self.events[-1].seq,
-            updated_at=self.now,
+            last_seq=self.events[-1].seq if self.events else self.job.last_seq,
+            updated_at=self.now if self.events else self.job.updated_at,
         )
         return Change(job, tuple(self.events))
 
@@ -259,16 +312,21 @@ def _format_check(version: VersionRecord, fmt: OutputFormat) -> None:
 
 def append_chunk(
     job: JobRecord,
-    data: bytes,
+    chunk: Chunk,
     fmt: OutputFormat,
     content_type: str,
     now: int,
     index: int | None = None,
+    *,
+    sha256: str | None = None,
+    max_size: int | None = None,
 ) -> Change:
     """Append one chunk to the current version; the first one starts the job.
 
     ``index`` (``X-Chunk-Index``) makes retries safe: an index already stored
     raises :class:`ChunkAlreadyStored`, one past the next is refused.
+    ``sha256`` (the digest of the whole version, this chunk included) makes it
+    the version's last chunk. ``max_size`` bounds the version's size.
     """
     version = job.versions[job.current_version - 1]
     if index is not None:
@@ -282,22 +340,80 @@ def append_chunk(
             )
     if job.terminal:
         raise _final(job.status)
+    _open_check(version)
     _format_check(version, fmt)
+    if max_size is not None and version.size + chunk.size > max_size:
+        raise InvalidChange(
+            f"version {version.number} would grow past the limit of {max_size} bytes",
+            "version-too-large",
+        )
     change = _Builder(job, now)
     if job.status is JobStatus.QUEUED:
         change.transition(JobStatus.RUNNING)
     event = change.emit(
-        EventKind.CHUNK, data=data, version=version.number, index=version.chunks, fmt=fmt.value
+        EventKind.CHUNK,
+        version=version.number,
+        index=version.chunks,
+        fmt=fmt.value,
+        chunk=chunk,
+        offset=version.size,
     )
     change.set_version(
         version.number,
         format=fmt,
         content_type=version.content_type or content_type,
-        size=version.size + len(data),
+        size=version.size + chunk.size,
+        stored_size=version.stored_size + len(chunk.data),
+        raw_chunks=version.raw_chunks + (chunk.codec == ""),
+        max_chunk=max(version.max_chunk, len(chunk.data)),
+        zstd_size=version.zstd_size + zstd_frame_size(chunk) if version.zstd_size >= 0 else -1,
         chunks=version.chunks + 1,
         last_chunk_seq=event.seq,
     )
+    if sha256 is not None:
+        change.set_version(version.number, sha256=sha256, completed_at=now)
     return change.build()
+
+
+def _open_check(version: VersionRecord) -> None:
+    if version.completed_at is not None:
+        raise InvalidChange(
+            f"version {version.number} is complete; start a new one with POST …/versions",
+            "version-complete",
+        )
+
+
+def seal_version(job: JobRecord, number: int, chunks: int, sha256: str, now: int) -> Change:
+    """Record the SHA-256 of version ``number``'s first ``chunks`` chunks, and
+    close the version if it is open (a finished ``PUT``). Appends nothing.
+
+    Refused when the version no longer has exactly those chunks.
+    """
+    version = job.version(number)
+    if version is None or version.chunks != chunks:
+        raise InvalidChange(
+            f"version {number} changed while its digest was computed", "version-changed"
+        )
+    if version.sha256 == sha256 and version.completed_at is not None:
+        return Change(job, ())
+    if version.completed_at is None and job.terminal:
+        raise _final(job.status)
+    change = _Builder(job, now)
+    change.close_version(number)
+    change.set_version(number, sha256=sha256)
+    return change.build(logged=False)
+
+
+def expire(job: JobRecord, now: int) -> Change:
+    """Make a finished job expire now (it is then gone for clients, and purged)."""
+    if not job.terminal:
+        raise InvalidChange(
+            f"the job is {job.status.value}; cancel it or let it finish before deleting it",
+            "job-not-terminal",
+        )
+    change = _Builder(job, now)
+    change.set(expires_at=now)
+    return change.build(logged=False)
 
 
 def start_version(job: JobRecord, now: int, max_versions: int) -> Change:
@@ -309,7 +425,7 @@ def start_version(job: JobRecord, now: int, max_versions: int) -> Change:
             f"the job has reached the limit of {max_versions} versions", "version-limit"
         )
     change = _Builder(job, now)
-    change.set_version(job.current_version, completed_at=now)
+    change.close_version(job.current_version)
     number = job.current_version + 1
     change.set(
         current_version=number,

@@ -67,6 +67,21 @@ class Metrics:
             "Output bytes appended on this node.",
             registry=registry,
         )
+        self.stored_bytes = Counter(
+            "aos_stored_bytes",
+            "Output bytes stored on this node, after compression.",
+            registry=registry,
+        )
+        self.purged_jobs = Counter(
+            "aos_purged_jobs",
+            "Jobs removed with their log and deliveries on this node (expired or deleted).",
+            registry=registry,
+        )
+        self.janitor_errors = Counter(
+            "aos_janitor_errors",
+            "Janitor rounds that failed (the next round tries again).",
+            registry=registry,
+        )
         self.open_streams = Gauge(
             "aos_open_streams",
             "SSE streams open on this node.",
@@ -80,6 +95,11 @@ class Metrics:
         self.lagged = Counter(
             "aos_stream_catchups",
             "Times a live subscriber fell behind and caught up from the store.",
+            registry=registry,
+        )
+        self.resets = Counter(
+            "aos_stream_resets",
+            "SSE streams told that entries after their cursor were purged.",
             registry=registry,
         )
         self.store_up = Gauge(

@@ -223,8 +223,55 @@ SCHEMAS: dict[str, Any] = {
             },
             "size": {"type": "integer"},
             "chunks": {"type": "integer"},
+            "sha256": {"type": ["string", "null"]},
             "completedAt": _TS_OR_NULL,
             "output": {},
+        },
+    },
+    "Version": {
+        "type": "object",
+        "required": [
+            "version",
+            "current",
+            "complete",
+            "format",
+            "contentType",
+            "size",
+            "storedSize",
+            "chunks",
+            "sha256",
+            "createdAt",
+            "completedAt",
+        ],
+        "properties": {
+            "version": {"type": "integer"},
+            "current": {"type": "boolean", "description": "the version chunks go to"},
+            "complete": {
+                "type": "boolean",
+                "description": "takes no more chunks (the job ended, a newer version "
+                "started, or an upload finished it)",
+            },
+            "format": {"enum": ["text", "json", "binary", None]},
+            "contentType": {"type": ["string", "null"]},
+            "size": {"type": "integer", "description": "bytes of output"},
+            "storedSize": {"type": "integer", "description": "bytes stored, after compression"},
+            "chunks": {"type": "integer"},
+            "sha256": {
+                "type": ["string", "null"],
+                "description": "hex SHA-256 of the output, once the version is complete "
+                "and digested",
+            },
+            "createdAt": {"type": "string", "format": "date-time"},
+            "completedAt": _TS_OR_NULL,
+        },
+    },
+    "VersionList": {
+        "type": "object",
+        "required": ["jobId", "currentVersion", "items"],
+        "properties": {
+            "jobId": {"type": "string"},
+            "currentVersion": {"type": "integer"},
+            "items": {"type": "array", "items": _ref("Version")},
         },
     },
     "NamespaceConfig": {
@@ -426,6 +473,14 @@ _NS_QUERY = _query(
 _IF_NONE_MATCH = _header("If-None-Match", {"type": "string"}, "Answer 304 if the ETag matches")
 _VERSION = _query("version", {"type": "integer", "minimum": 1}, "Output version (default: current)")
 _NOT_FOUND = _problem("No such job (or version) in the namespace")
+_RAW_HEADERS = {
+    "Content-Length": {"schema": {"type": "integer"}},
+    "Accept-Ranges": {"schema": {"type": "string"}},
+    "Repr-Digest": {
+        "schema": {"type": "string"},
+        "description": "sha-256 of the whole output (RFC 9530), once the version is digested",
+    },
+}
 _CONFLICT = _problem("The change conflicts with the job's state")
 
 
@@ -603,6 +658,35 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
                 },
                 parameters=[_VERSION, _IF_NONE_MATCH],
             ),
+            "put": op(
+                "uploadOutput",
+                "Stream a whole output of any size into the current version, completing it",
+                {
+                    "201": _json(_ref("Version"), "Stored; the version is complete"),
+                    "200": _json(_ref("Version"), "A resumed upload finished"),
+                    "400": _problem("The upload was cut off: resume it with X-Chunk-Index"),
+                    "404": _NOT_FOUND,
+                    "409": _problem(
+                        "The version is complete, or holds chunks and X-Chunk-Index does not "
+                        "resume after them (the problem gives nextChunkIndex and size)"
+                    ),
+                    "413": _problem("The version would pass AOS_MAX_VERSION_BYTES"),
+                    "415": _problem("Text or JSON in a charset other than UTF-8"),
+                    "422": _problem("Text or JSON that is not UTF-8"),
+                },
+                parameters=[
+                    _header(
+                        "X-Chunk-Index",
+                        {"type": "integer", "minimum": 0},
+                        "Resume a dropped upload: the number of chunks stored, with the body "
+                        "from byte `size` of the version on",
+                    )
+                ],
+                body={
+                    "required": True,
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+            ),
         },
         f"{prefix}/{{jobId}}/output/raw": {
             "parameters": jp,
@@ -611,14 +695,37 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
                 "The bytes of one version, streamed",
                 {
                     "200": {
-                        "description": "The bytes",
-                        "headers": _ETAG,
+                        "description": "The bytes (stored zstd frames as they are, with "
+                        "Content-Encoding: zstd, to a client that accepts zstd)",
+                        "headers": {**_ETAG, **_RAW_HEADERS},
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "206": {
+                        "description": "The byte range asked for",
+                        "headers": {
+                            **_ETAG,
+                            **_RAW_HEADERS,
+                            "Content-Range": {"schema": {"type": "string"}},
+                        },
                         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                     },
                     "304": {"description": "Not modified"},
                     "404": _NOT_FOUND,
+                    "416": _problem("The range selects no byte of the output"),
                 },
-                parameters=[_VERSION, _IF_NONE_MATCH],
+                parameters=[
+                    _VERSION,
+                    _IF_NONE_MATCH,
+                    _header("Range", {"type": "string"}, "One byte range: bytes=first-last"),
+                    _header(
+                        "If-Range", {"type": "string"}, "Send the range only if the ETag matches"
+                    ),
+                    _header(
+                        "Accept-Encoding",
+                        {"type": "string"},
+                        "zstd: the stored frames as they are, when every chunk is compressed",
+                    ),
+                ],
             ),
         },
         f"{prefix}/{{jobId}}/versions": {
@@ -631,6 +738,11 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
                     "404": _NOT_FOUND,
                     "409": _CONFLICT,
                 },
+            ),
+            "get": op(
+                "listVersions",
+                "The job's output versions with their sizes and digests",
+                {"200": _json(_ref("VersionList"), "Oldest first"), "404": _NOT_FOUND},
             ),
         },
         f"{prefix}/{{jobId}}/deliveries": {

@@ -52,12 +52,17 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "job-terminal": (409, "Job is finished"),
     "format-conflict": (409, "Chunk format differs from the version's"),
     "version-limit": (409, "Too many versions"),
+    "version-complete": (409, "Output version is complete"),
+    "version-changed": (409, "Output version changed"),
+    "version-too-large": (413, "Output version too large"),
     "payload-too-large": (413, "Payload too large"),
     "output-too-large": (413, "Output too large for this route"),
     "unsupported-media-type": (415, "Unsupported media type"),
+    "range-not-satisfiable": (416, "Range not satisfiable"),
     "validation-failed": (422, "Request is not valid"),
     "store-unavailable": (503, "Store unavailable"),
     "internal-error": (500, "Internal error"),
+    "data-corrupt": (500, "Stored data failed its integrity check"),
 }
 
 _STATUS_SLUGS = {
@@ -150,9 +155,9 @@ def _on_store_error(exc: Exception, scope: Scope) -> Response:
     if isinstance(exc, NotFound):
         return problem_response(Problem("not-found", str(exc)))
     if isinstance(exc, CorruptData):
-        logger.error("corrupt data in the store", exc_info=exc)
-    else:
-        logger.error("store error", exc_info=exc)
+        log_event(logger, "store.corrupt", logging.ERROR, detail=str(exc))
+        return problem_response(Problem("data-corrupt", str(exc)))
+    logger.error("store error", exc_info=exc)
     return problem_response(Problem("internal-error", "the store returned unreadable data"))
 
 

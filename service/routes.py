@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import api, webhook_api
+from . import api, output_api, webhook_api
 from .routing import Handler, HandlerRoute
 
 __all__ = ["route_table", "routes"]
@@ -13,9 +13,16 @@ JOB_ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("/{job_id}", {"GET": api.get_job, "DELETE": api.delete_job}),
     ("/{job_id}/status", {"GET": api.get_status, "PATCH": api.patch_status}),
     ("/{job_id}/cancel", {"POST": api.cancel_job}),
-    ("/{job_id}/output", {"POST": api.append_output, "GET": api.get_output}),
-    ("/{job_id}/output/raw", {"GET": api.get_raw_output}),
-    ("/{job_id}/versions", {"POST": api.start_version}),
+    (
+        "/{job_id}/output",
+        {
+            "POST": output_api.append_output,
+            "PUT": output_api.put_output,
+            "GET": output_api.get_output,
+        },
+    ),
+    ("/{job_id}/output/raw", {"GET": output_api.get_raw_output}),
+    ("/{job_id}/versions", {"POST": output_api.start_version, "GET": output_api.list_versions}),
     ("/{job_id}/stream", {"GET": api.stream_job}),
     ("/{job_id}/deliveries", {"GET": webhook_api.list_job_deliveries}),
     ("/{job_id}/deliveries/{delivery_id}/retry", {"POST": webhook_api.retry_delivery}),

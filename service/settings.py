@@ -18,11 +18,13 @@ from storage_adapters import ConfigurationError
 
 from .durations import parse_duration
 
-__all__ = ["Secret", "Settings"]
+__all__ = ["MAX_CHUNK", "Secret", "Settings"]
 
 T = TypeVar("T")
 
 MIB = 1024 * 1024
+#: no stored chunk is larger (whatever the settings were when it was stored)
+MAX_CHUNK = 64 * MIB
 
 
 class Secret(str):
@@ -52,6 +54,35 @@ def _positive_int(raw: str) -> int:
 
 def _seconds(raw: str) -> float:
     return parse_duration(raw)
+
+
+def _compression(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in {"zstd", "none"}:
+        raise ValueError("must be 'zstd' or 'none'")
+    return lowered == "zstd"
+
+
+def _zstd_level(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 19:
+        raise ValueError("must be a zstd level from 1 to 19")
+    return value
+
+
+def _size(raw: str) -> int:
+    """A byte count, with an optional KiB/MiB/GiB/TiB suffix (``64MiB``)."""
+    text = raw.strip()
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+    scale = 1
+    for suffix, factor in units.items():
+        if text.lower().endswith(suffix):
+            text, scale = text[: -len(suffix)].strip(), factor
+            break
+    value = int(text) * scale
+    if value < 1:
+        raise ValueError("must be a positive number of bytes")
+    return value
 
 
 def _retention(raw: str) -> int | None:
@@ -105,9 +136,7 @@ class Settings:
     access_log: bool = field(default=True, metadata=_env("AOS_ACCESS_LOG", _bool))
 
     # -- limits on input ----------------------------------------------------
-    max_chunk_bytes: int = field(
-        default=1 * MIB, metadata=_env("AOS_MAX_CHUNK_BYTES", _positive_int)
-    )
+    max_chunk_bytes: int = field(default=1 * MIB, metadata=_env("AOS_MAX_CHUNK_BYTES", _size))
     max_body_bytes: int = field(
         default=64 * 1024, metadata=_env("AOS_MAX_BODY_BYTES", _positive_int)
     )
@@ -118,8 +147,26 @@ class Settings:
     max_versions: int = field(default=100, metadata=_env("AOS_MAX_VERSIONS", _positive_int))
     #: largest output the JSON ``GET …/output`` returns; bigger ones go through ``/output/raw``
     max_inline_output_bytes: int = field(
-        default=16 * MIB, metadata=_env("AOS_MAX_INLINE_OUTPUT_BYTES", _positive_int)
+        default=16 * MIB, metadata=_env("AOS_MAX_INLINE_OUTPUT_BYTES", _size)
     )
+    #: largest output version, however it is written
+    max_version_bytes: int = field(default=1 << 40, metadata=_env("AOS_MAX_VERSION_BYTES", _size))
+
+    # -- output storage -------------------------------------------------------
+    #: chunks are compressed with zstd when it pays (``zstd``), or never (``none``)
+    compression: bool = field(default=True, metadata=_env("AOS_COMPRESSION", _compression))
+    compression_level: int = field(default=3, metadata=_env("AOS_COMPRESSION_LEVEL", _zstd_level))
+    #: a streamed upload (``PUT …/output``) is stored in chunks of this size
+    upload_chunk_bytes: int = field(default=1 * MIB, metadata=_env("AOS_UPLOAD_CHUNK_BYTES", _size))
+    #: memory one reader of output (a download, a replay) holds at most, roughly
+    read_batch_bytes: int = field(default=8 * MIB, metadata=_env("AOS_READ_BATCH_BYTES", _size))
+
+    # -- retention ------------------------------------------------------------
+    #: run the janitor, which purges expired jobs, on this node
+    janitor: bool = field(default=True, metadata=_env("AOS_JANITOR", _bool))
+    janitor_interval: float = field(default=60.0, metadata=_env("AOS_JANITOR_INTERVAL", _seconds))
+    #: log entries and deliveries removed per step of a purge (one transaction)
+    purge_batch: int = field(default=500, metadata=_env("AOS_PURGE_BATCH", _positive_int))
 
     # -- behaviour --------------------------------------------------------
     #: retention after a job ends, when neither the job nor its namespace sets one
@@ -166,6 +213,22 @@ class Settings:
     webhook_allow_networks: tuple[str, ...] = field(
         default=(), metadata=_env("AOS_WEBHOOK_ALLOW_NETWORKS", _networks)
     )
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("AOS_MAX_CHUNK_BYTES", self.max_chunk_bytes),
+            ("AOS_UPLOAD_CHUNK_BYTES", self.upload_chunk_bytes),
+        ):
+            if value > MAX_CHUNK:
+                raise ConfigurationError(
+                    f"{name}={value}: a chunk is at most {MAX_CHUNK} bytes (64 MiB); "
+                    "a few MiB is best"
+                )
+
+    @property
+    def largest_chunk(self) -> int:
+        """The largest chunk the service stores, appended or uploaded."""
+        return max(self.max_chunk_bytes, self.upload_chunk_bytes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -6,7 +6,9 @@ first, then from the hub, and every entry at or below the cursor is dropped.
 If the hub hands over an entry past ``cursor + 1`` (a gap), or reports that
 the subscriber lagged, the stream reads the missing range from the store.
 Each consumer therefore sees every entry after its cursor exactly once, in
-``seq`` order.
+``seq`` order. If the store no longer holds the entries right after the
+cursor (retention purged them), a ``reset`` event says so before the stream
+goes on with the first entry it still has.
 """
 
 from __future__ import annotations
@@ -50,13 +52,17 @@ async def job_stream(
     cursor = plan.cursor
     try:
         if plan.reset_reason is not None:
-            yield reset_frame(plan.reset_reason, job.last_seq)
+            yield reset_frame(plan.reset_reason, job.last_seq, plan.cursor + 1)
 
         async def replay() -> AsyncIterator[tuple[bytes, str | None]]:
             """Frames from the store after ``cursor``, with the terminal status if one."""
             nonlocal cursor
-            async for event in jobs.events_after(namespace, job_id, cursor):
+            async for event in jobs.events_after(job, cursor):
+                if event.seq > cursor + 1:
+                    metrics.resets.inc()
+                    yield reset_frame("purged", job.last_seq, event.seq), None
                 cursor = event.seq
+                event = await jobs.codec.plain_async(event)
                 yield event_frame(event), terminal_status(event)
 
         async for frame, ended in replay():

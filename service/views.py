@@ -33,6 +33,7 @@ __all__ = [
     "status_etag",
     "status_view",
     "terminal_status",
+    "version_view",
 ]
 
 
@@ -95,6 +96,22 @@ def status_view(job: JobRecord) -> dict[str, Any]:
         "estimatedCompletion": render_timestamp(job.estimated_completion),
         "lastSeq": job.last_seq,
         "updatedAt": render_timestamp(job.updated_at),
+    }
+
+
+def version_view(version: VersionRecord, current: int) -> dict[str, Any]:
+    return {
+        "version": version.number,
+        "current": version.number == current,
+        "complete": version.completed_at is not None,
+        "format": version.format.value if version.format else None,
+        "contentType": version.content_type,
+        "size": version.size,
+        "storedSize": version.stored_size,
+        "chunks": version.chunks,
+        "sha256": version.sha256,
+        "createdAt": render_timestamp(version.created_at),
+        "completedAt": render_timestamp(version.completed_at),
     }
 
 
@@ -167,6 +184,8 @@ def end_frame(job_status: str, last_seq: int) -> bytes:
     return b"event: end\ndata: %s\n\n" % data
 
 
-def reset_frame(reason: str, last_seq: int) -> bytes:
-    data = orjson.dumps({"reason": reason, "lastSeq": last_seq})
+def reset_frame(reason: str, last_seq: int, next_seq: int | None = None) -> bytes:
+    """The stream skips ahead: ``next_seq`` is the first entry that follows
+    (``None``: the log is replayed from its start)."""
+    data = orjson.dumps({"reason": reason, "lastSeq": last_seq, "nextSeq": next_seq})
     return b"event: reset\ndata: %s\n\n" % data

@@ -257,12 +257,14 @@ class StorageAdapter(abc.ABC):
         same ``created_at``: a job deleted and created again never matches).
 
         The webhook ``deliveries`` the change causes are queued in the same
-        atomic step. Raises :class:`RevisionConflict` when the revision moved,
+        atomic step. A change with no ``events`` (a digest recorded, an expiry
+        set) keeps ``last_seq``. Raises :class:`RevisionConflict` when the revision moved,
         :class:`NotFound` when the job is gone. Either way nothing is written.
         """
         if job.revision != expected_revision + 1:
             raise ValueError("an update moves the revision forward by exactly one")
-        _check_new_events(job, events)
+        if events:
+            _check_new_events(job, events)
         _check_new_deliveries(job, deliveries)
         with self._translated():
             await self._update_job(job, events, expected_revision, deliveries)
@@ -271,6 +273,30 @@ class StorageAdapter(abc.ABC):
         """Remove the job, its log and its output if the revision still matches."""
         with self._translated():
             await self._delete_job(namespace, job_id, expected_revision)
+
+    async def expired_jobs(
+        self, now: int, limit: int, shards: Collection[int] | None = None
+    ) -> list[JobRecord]:
+        """Jobs whose ``expires_at`` is at or before ``now``, earliest first."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        if shards is not None and not shards:
+            return []
+        with self._translated():
+            return await self._expired_jobs(now, limit, shards)
+
+    async def purge_job(self, namespace: str, job_id: str, created_at: int, batch: int) -> bool:
+        """Remove a job a piece at a time: up to ``batch`` of its log entries and
+        deliveries, oldest first, and, once none are left, the job itself.
+
+        Only the job created at ``created_at`` is touched: a job created again
+        under the same id is not. Returns ``True`` when the job is gone (or
+        was never there), ``False`` when more remains. Each call is atomic.
+        """
+        if batch < 1:
+            raise ValueError("batch must be positive")
+        with self._translated():
+            return await self._purge_job(namespace, job_id, created_at, batch)
 
     async def read_events(
         self, namespace: str, job_id: str, after_seq: int, limit: int
@@ -458,6 +484,16 @@ class StorageAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def _delete_job(self, namespace: str, job_id: str, expected_revision: int) -> None: ...
+
+    @abc.abstractmethod
+    async def _expired_jobs(
+        self, now: int, limit: int, shards: Collection[int] | None
+    ) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    async def _purge_job(
+        self, namespace: str, job_id: str, created_at: int, batch: int
+    ) -> bool: ...
 
     @abc.abstractmethod
     async def _read_events(

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from typing import ClassVar
 
+from sharding import shard_of
+
 from .base import Capability, StorageAdapter
 from .errors import AlreadyExists, NotFound, RevisionConflict
 from .records import (
@@ -48,7 +50,8 @@ class MemoryAdapter(StorageAdapter):
         self._namespaces: dict[str, NamespaceRecord] = {}
         self._keys: dict[tuple[str, str], KeyRecord] = {}
         self._jobs: dict[_JobKey, bytes] = {}
-        self._logs: dict[_JobKey, list[EventRecord]] = {}
+        # entries by seq - 1; a purged entry is None
+        self._logs: dict[_JobKey, list[EventRecord | None]] = {}
         # (namespace, job, version) -> seq of each chunk, by index
         self._chunks: dict[tuple[str, str, int], list[int]] = {}
         self._deliveries: dict[tuple[str, str], DeliveryRecord] = {}
@@ -127,13 +130,49 @@ class MemoryAdapter(StorageAdapter):
         for key in [k for k in self._chunks if k[:2] == ident]:
             del self._chunks[key]
 
+    async def _expired_jobs(
+        self, now: int, limit: int, shards: Collection[int] | None
+    ) -> list[JobRecord]:
+        await asyncio.sleep(0)
+        expired = [
+            job
+            for raw in self._jobs.values()
+            if (job := job_from_doc(loads(raw))).expires_at is not None
+            and job.expires_at <= now
+            and (shards is None or shard_of(job.namespace) in shards)
+        ]
+        expired.sort(key=lambda j: (j.expires_at, j.namespace, j.job_id))
+        return expired[:limit]
+
+    async def _purge_job(self, namespace: str, job_id: str, created_at: int, batch: int) -> bool:
+        await asyncio.sleep(0)
+        ident = (namespace, job_id)
+        raw = self._jobs.get(ident)
+        if raw is None or loads(raw)["createdAt"] != created_at:
+            return True
+        log = self._logs[ident]
+        gone = [e for e in log if e is not None][:batch]
+        budget = batch - len(gone)
+        for event in gone:
+            log[event.seq - 1] = None
+        owned = [k for k, d in self._deliveries.items() if (d.namespace, d.job_id) == ident]
+        for delivery_key in owned[: max(budget, 0)]:
+            del self._deliveries[delivery_key]
+        if any(e is not None for e in log) or len(owned) > max(budget, 0):
+            return False
+        del self._jobs[ident]
+        del self._logs[ident]
+        for chunk_key in [k for k in self._chunks if k[:2] == ident]:
+            del self._chunks[chunk_key]
+        return True
+
     async def _read_events(
         self, namespace: str, job_id: str, after_seq: int, limit: int
     ) -> list[EventRecord]:
         await asyncio.sleep(0)
         log = self._logs.get((namespace, job_id), [])
-        start = max(after_seq, 0)
-        return log[start : start + limit]
+        found = [e for e in log[max(after_seq, 0) :] if e is not None]
+        return found[:limit]
 
     async def _read_chunks(
         self, namespace: str, job_id: str, version: int, after_index: int, limit: int
@@ -141,8 +180,8 @@ class MemoryAdapter(StorageAdapter):
         await asyncio.sleep(0)
         seqs = self._chunks.get((namespace, job_id, version), [])
         log = self._logs[(namespace, job_id)] if seqs else []
-        start = max(after_index + 1, 0)
-        return [log[seq - 1] for seq in seqs[start : start + limit]]
+        found = [log[seq - 1] for seq in seqs[max(after_index + 1, 0) :]]
+        return [e for e in found if e is not None][:limit]
 
     async def _find_chunk(
         self, namespace: str, job_id: str, version: int, index: int
@@ -151,7 +190,7 @@ class MemoryAdapter(StorageAdapter):
         seqs = self._chunks.get((namespace, job_id, version), [])
         if 0 <= index < len(seqs):
             return self._logs[(namespace, job_id)][seqs[index] - 1]
-        return None
+        return None  # purged entries read as None too
 
     async def _list_jobs(self, namespace: str, query: JobQuery) -> list[JobRecord]:
         await asyncio.sleep(0)
@@ -286,6 +325,8 @@ class MemoryAdapter(StorageAdapter):
     def _append(self, ident: _JobKey, events: Sequence[EventRecord]) -> None:
         """Check the whole batch, then apply it: a write is all or nothing."""
         log = self._logs[ident]
+        if not events:
+            return
         if events[0].seq != len(log) + 1:
             raise RevisionConflict(f"log of job {ident[1]} is at seq {len(log)}")
         next_index: dict[int, int] = {}

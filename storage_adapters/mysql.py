@@ -24,7 +24,10 @@ from typing import Any, ClassVar, TypeVar
 
 import aiomysql
 import pymysql
+import pymysql.converters
 from pymysql.constants import CLIENT
+
+from sharding import shard_of
 
 from .base import Capability, StorageAdapter, StoreURL
 from .errors import (
@@ -60,6 +63,7 @@ from .sql import (
     due_deliveries_sql,
     event_from_row,
     event_rows,
+    expired_jobs_sql,
     list_deliveries_sql,
     list_jobs_sql,
     outbox_stats_sql,
@@ -71,9 +75,35 @@ T = TypeVar("T")
 
 _ID = "CHARACTER SET ascii COLLATE ascii_bin"
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unless:
+    """A migration statement skipped when ``check`` (a query) returns a row:
+    MySQL has no ``ADD COLUMN IF NOT EXISTS``."""
+
+    check: str
+    statement: str
+
+
+def _add_column(table: str, column: str, definition: str) -> Unless:
+    return Unless(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() "
+        f"AND table_name = '{table}' AND column_name = '{column}'",
+        f"ALTER TABLE {table} ADD COLUMN {column} {definition}",
+    )
+
+
+def _add_index(table: str, index: str, columns: str) -> Unless:
+    return Unless(
+        "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+        f"AND table_name = '{table}' AND index_name = '{index}'",
+        f"CREATE INDEX {index} ON {table} ({columns})",
+    )
+
+
 #: Versioned schema. MySQL commits DDL at once, so each statement is written to
 #: be safe to run again should a migration stop half way.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+MIGRATIONS: list[tuple[int, list[str | Unless]]] = [
     (
         1,
         [
@@ -156,6 +186,23 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             ) ENGINE=InnoDB""",
         ],
     ),
+    (
+        3,
+        [
+            _add_column("events", "codec", f"VARCHAR(16) {_ID} NOT NULL DEFAULT ''"),
+            _add_column("events", "digest", "VARBINARY(32) NULL"),
+            _add_column("events", "byte_offset", "BIGINT NOT NULL DEFAULT 0"),
+            """UPDATE events e JOIN (
+                SELECT namespace, job_id, seq, COALESCE(SUM(LENGTH(data)) OVER (
+                    PARTITION BY namespace, job_id, version ORDER BY chunk_index
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS byte_offset
+                FROM events WHERE chunk_index IS NOT NULL
+            ) o ON e.namespace = o.namespace AND e.job_id = o.job_id AND e.seq = o.seq
+            SET e.byte_offset = o.byte_offset""",
+            _add_column("jobs", "shard", "INT NOT NULL DEFAULT 0"),
+            _add_index("jobs", "jobs_expiring", "expires_at, shard"),
+        ],
+    ),
 ]
 
 # Client errors that mean the server is gone or refusing: connection lost,
@@ -168,12 +215,31 @@ _DUPLICATE_KEY = 1062
 Statement = tuple[str, Sequence[Any]]
 
 
+class _Hex:
+    """A bytes parameter sent as a hex literal. PyMySQL escapes ``bytes`` in
+    Python, about 80 ms per MiB; ``bytes.hex()`` takes 6 ms, for twice the
+    bytes on the wire. Used for chunk data."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, data: bytes) -> None:
+        self.literal = "X'" + data.hex() + "'"
+
+
+pymysql.converters.encoders[_Hex] = lambda value, mapping=None: value.literal
+
+
 def _insert_events(job: JobRecord, events: Sequence[EventRecord]) -> Statement:
     rows = event_rows(job, events, null_index=True)
-    marks = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+    marks = ", ".join(["(" + ", ".join(["%s"] * 12) + ")"] * len(rows))
+    data = EVENT_COLUMNS.split(", ").index("data") + 2  # after namespace and job_id
     return (
         f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) VALUES {marks}",
-        [value for row in rows for value in row],
+        [
+            _Hex(value) if column == data else value
+            for row in rows
+            for column, value in enumerate(row)
+        ],
     )
 
 
@@ -284,7 +350,19 @@ class MySQLAdapter(StorageAdapter):
                 for version, statements in MIGRATIONS:
                     if version in pending:
                         for statement in statements:
+                            if isinstance(statement, Unless):
+                                await cur.execute(statement.check)
+                                if await cur.fetchall():
+                                    continue
+                                statement = statement.statement
                             await cur.execute(statement)
+                        if version == 3:  # the shard of each namespace, hashed in Python
+                            await cur.execute("SELECT DISTINCT namespace FROM jobs")
+                            namespaces = [row[0] for row in await cur.fetchall()]
+                            await cur.executemany(
+                                "UPDATE jobs SET shard = %s WHERE namespace = %s",
+                                [(shard_of(ns), ns) for ns in namespaces],
+                            )
                         await cur.execute(
                             "INSERT INTO schema_migrations (version, applied_at) "
                             "VALUES (%s, UNIX_TIMESTAMP(NOW(6)) * 1000000)",
@@ -396,7 +474,7 @@ class MySQLAdapter(StorageAdapter):
         statements = [
             (
                 "INSERT INTO jobs (namespace, job_id, revision, status, created_at, "
-                "expires_at, doc) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "expires_at, doc, shard) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     job.namespace,
                     job.job_id,
@@ -405,6 +483,7 @@ class MySQLAdapter(StorageAdapter):
                     job.created_at,
                     job.expires_at,
                     dumps(job_to_doc(job)),
+                    shard_of(job.namespace),
                 ),
             ),
             _insert_events(job, events),
@@ -460,9 +539,8 @@ class MySQLAdapter(StorageAdapter):
 
         async def body(cur: aiomysql.Cursor) -> None:
             try:
-                updated, *_ = await _begin(
-                    cur, [update, _insert_events(job, events), *_insert_deliveries(deliveries)]
-                )
+                logged = [_insert_events(job, events)] if events else []
+                updated, *_ = await _begin(cur, [update, *logged, *_insert_deliveries(deliveries)])
             except pymysql.err.IntegrityError as exc:
                 # The update matched nothing and the log entries ran into the
                 # winner's: the same conflict, seen one statement later.
@@ -497,6 +575,51 @@ class MySQLAdapter(StorageAdapter):
             await cur.execute("COMMIT")
 
         await self._with_cursor(body)
+
+    async def _expired_jobs(
+        self, now: int, limit: int, shards: Collection[int] | None
+    ) -> list[JobRecord]:
+        params = Params("format")
+        rows = await self._fetch(expired_jobs_sql(now, limit, shards, params), params.values)
+        return [job_from_doc(loads(row[0])) for row in rows]
+
+    async def _purge_job(self, namespace: str, job_id: str, created_at: int, batch: int) -> bool:
+        key = (namespace, job_id)
+
+        async def body(cur: aiomysql.Cursor) -> bool:
+            await cur.execute("START TRANSACTION")
+            try:
+                await cur.execute(
+                    "SELECT 1 FROM jobs WHERE namespace = %s AND job_id = %s AND created_at = %s "
+                    "FOR UPDATE",
+                    (*key, created_at),
+                )
+                if not await cur.fetchall():
+                    await cur.execute("ROLLBACK")
+                    return True
+                removed: int = await cur.execute(
+                    "DELETE FROM events WHERE namespace = %s AND job_id = %s ORDER BY seq LIMIT %s",
+                    (*key, batch),
+                )
+                if removed < batch:
+                    removed += await cur.execute(
+                        "DELETE FROM deliveries WHERE namespace = %s AND job_id = %s LIMIT %s",
+                        (*key, batch - removed),
+                    )
+                done = removed < batch
+                if done:
+                    await cur.execute(
+                        "DELETE FROM job_tags WHERE namespace = %s AND job_id = %s", key
+                    )
+                    await cur.execute("DELETE FROM jobs WHERE namespace = %s AND job_id = %s", key)
+            except BaseException:
+                if not cur.connection.closed:
+                    await cur.execute("ROLLBACK")
+                raise
+            await cur.execute("COMMIT")
+            return done
+
+        return await self._with_cursor(body)
 
     async def _read_events(
         self, namespace: str, job_id: str, after_seq: int, limit: int

@@ -22,6 +22,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from sharding import shard_of
+
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
@@ -58,6 +60,7 @@ from .sql import (
     Params,
     due_deliveries_sql,
     event_from_row,
+    expired_jobs_sql,
     list_deliveries_sql,
     list_jobs_sql,
     outbox_stats_sql,
@@ -153,6 +156,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE events ADD COLUMN codec text NOT NULL DEFAULT '';
+        ALTER TABLE events ADD COLUMN digest bytea;
+        ALTER TABLE events ADD COLUMN byte_offset bigint NOT NULL DEFAULT 0;
+        -- Chunks arrive compressed (or incompressible): TOAST them out of line
+        -- without trying pglz on them again.
+        ALTER TABLE events ALTER COLUMN data SET STORAGE EXTERNAL;
+        UPDATE events e SET byte_offset = o.byte_offset FROM (
+            SELECT namespace, job_id, seq, COALESCE(SUM(length(data)) OVER (
+                PARTITION BY namespace, job_id, version ORDER BY chunk_index
+                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS byte_offset
+            FROM events WHERE chunk_index >= 0
+        ) o WHERE e.namespace = o.namespace AND e.job_id = o.job_id AND e.seq = o.seq;
+        ALTER TABLE jobs ADD COLUMN shard integer NOT NULL DEFAULT 0;
+        CREATE INDEX jobs_expiring ON jobs (expires_at, shard) WHERE expires_at IS NOT NULL;
+        """,
+    ),
 ]
 
 # A lock number of our own for pg_advisory_xact_lock while migrating.
@@ -171,6 +193,9 @@ _UNAVAILABLE = (
 )
 
 
+_EVENT_WIDTH = 10  # parameters of one log entry
+
+
 def _values_of_events(first: int, count: int) -> str:
     """``SELECT`` rows of ``count`` log entries whose parameters start at ``$first``.
 
@@ -180,10 +205,11 @@ def _values_of_events(first: int, count: int) -> str:
     """
     rows = []
     for n in range(count):
-        p = first + 7 * n
+        p = first + _EVENT_WIDTH * n
         rows.append(
             f"($1, $2, ${p}::bigint, ${p + 1}::text, ${p + 2}::bigint, ${p + 3}::integer, "
-            f"${p + 4}::integer, ${p + 5}::text, ${p + 6}::bytea)"
+            f"${p + 4}::integer, ${p + 5}::text, ${p + 6}::bytea, ${p + 7}::text, "
+            f"${p + 8}::bytea, ${p + 9}::bigint)"
         )
     return (
         f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) "
@@ -228,8 +254,8 @@ def _values_of_deliveries(first: int, count: int) -> str:
 @functools.lru_cache(maxsize=128)
 def _create_job_sql(events: int, tags: int, deliveries: int) -> str:
     """$1 namespace, $2 job, $3 revision, $4 status, $5 created, $6 expires, $7 doc,
-    then the tags, the log entries and the deliveries."""
-    tag_rows = ", ".join(f"(${8 + n})" for n in range(tags))
+    $8 shard, then the tags, the log entries and the deliveries."""
+    tag_rows = ", ".join(f"(${9 + n})" for n in range(tags))
     tag_cte = (
         f"tags AS (INSERT INTO job_tags (namespace, tag, created_at, job_id) "
         f"SELECT $1, t.tag, $5, $2 FROM (VALUES {tag_rows}) AS t(tag) "
@@ -239,12 +265,13 @@ def _create_job_sql(events: int, tags: int, deliveries: int) -> str:
     )
     return f"""
         WITH job AS (
-            INSERT INTO jobs (namespace, job_id, revision, status, created_at, expires_at, doc)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            INSERT INTO jobs (namespace, job_id, revision, status, created_at, expires_at, doc,
+                              shard)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (namespace, job_id) DO NOTHING
             RETURNING 1
-        ), {tag_cte}log AS ({_values_of_events(8 + tags, events)})
-        {_values_of_deliveries(8 + tags + 7 * events, deliveries)}
+        ), {tag_cte}log AS ({_values_of_events(9 + tags, events)})
+        {_values_of_deliveries(9 + tags + _EVENT_WIDTH * events, deliveries)}
         SELECT count(*) FROM job
     """
 
@@ -253,16 +280,44 @@ def _create_job_sql(events: int, tags: int, deliveries: int) -> str:
 def _update_job_sql(events: int, deliveries: int) -> str:
     """$1 namespace, $2 job, $3 revision, $4 status, $5 expires, $6 doc,
     $7 expected revision, $8 created, then the log entries and the deliveries."""
+    log = f", log AS ({_values_of_events(9, events)})" if events else ""
     return f"""
         WITH job AS (
             UPDATE jobs SET revision = $3, status = $4, expires_at = $5, doc = $6
             WHERE namespace = $1 AND job_id = $2 AND revision = $7 AND created_at = $8
             RETURNING 1
-        ), log AS ({_values_of_events(9, events)})
-        {_values_of_deliveries(9 + 7 * events, deliveries)}
+        ){log}
+        {_values_of_deliveries(9 + _EVENT_WIDTH * events, deliveries)}
         SELECT count(*) FROM job
     """
 
+
+# One piece of a purge, atomic in one statement: up to $4 log entries and then
+# deliveries of the job created at $3; the job row and tags once nothing is left.
+_PURGE_JOB = """
+    WITH job AS (
+        SELECT 1 FROM jobs WHERE namespace = $1 AND job_id = $2 AND created_at = $3
+        FOR UPDATE
+    ), log AS (
+        DELETE FROM events WHERE ctid IN (
+            SELECT ctid FROM events WHERE namespace = $1 AND job_id = $2 ORDER BY seq LIMIT $4
+        ) AND EXISTS (SELECT FROM job) RETURNING 1
+    ), outbox AS (
+        DELETE FROM deliveries WHERE ctid IN (
+            SELECT ctid FROM deliveries WHERE namespace = $1 AND job_id = $2
+            LIMIT GREATEST($4 - (SELECT count(*) FROM log), 0)
+        ) AND EXISTS (SELECT FROM job) RETURNING 1
+    ), counts AS (
+        SELECT (SELECT count(*) FROM log) + (SELECT count(*) FROM outbox) AS removed
+    ), tags AS (
+        DELETE FROM job_tags WHERE namespace = $1 AND job_id = $2
+        AND (SELECT removed FROM counts) < $4 AND EXISTS (SELECT FROM job)
+    ), gone AS (
+        DELETE FROM jobs WHERE namespace = $1 AND job_id = $2 AND created_at = $3
+        AND (SELECT removed FROM counts) < $4 RETURNING 1
+    )
+    SELECT NOT EXISTS (SELECT FROM job) OR EXISTS (SELECT FROM gone)
+"""
 
 _DELETE_JOB = """
     WITH job AS (
@@ -294,7 +349,18 @@ def _event_params(events: Sequence[EventRecord]) -> list[Any]:
     return [
         value
         for e in events
-        for value in (e.seq, e.kind.value, e.at, e.version, e.index, e.format, e.data)
+        for value in (
+            e.seq,
+            e.kind.value,
+            e.at,
+            e.version,
+            e.index,
+            e.format,
+            e.data,
+            e.codec,
+            e.digest,
+            e.offset,
+        )
     ]
 
 
@@ -360,6 +426,15 @@ class PostgreSQLAdapter(StorageAdapter):
                 for version, script in MIGRATIONS:
                     if version in pending:
                         await conn.execute(script)
+                        if version == 3:  # the shard of each namespace, hashed in Python
+                            namespaces = [
+                                r[0]
+                                for r in await conn.fetch("SELECT DISTINCT namespace FROM jobs")
+                            ]
+                            await conn.executemany(
+                                "UPDATE jobs SET shard = $1 WHERE namespace = $2",
+                                [(shard_of(ns), ns) for ns in namespaces],
+                            )
                         await conn.execute(
                             "INSERT INTO schema_migrations (version) VALUES ($1)", version
                         )
@@ -491,6 +566,7 @@ class PostgreSQLAdapter(StorageAdapter):
             job.created_at,
             job.expires_at,
             dumps(job_to_doc(job)),
+            shard_of(job.namespace),
             *tags,
             *_event_params(events),
             *_delivery_params(deliveries),
@@ -531,6 +607,17 @@ class PostgreSQLAdapter(StorageAdapter):
         deleted = await self._fetchval(_DELETE_JOB, namespace, job_id, expected_revision)
         if not deleted:
             raise await self._missing_or_moved(namespace, job_id, expected_revision)
+
+    async def _expired_jobs(
+        self, now: int, limit: int, shards: Collection[int] | None
+    ) -> list[JobRecord]:
+        params = Params("numeric")
+        rows = await self._fetch(expired_jobs_sql(now, limit, shards, params), *params.values)
+        return [job_from_doc(loads(row[0])) for row in rows]
+
+    async def _purge_job(self, namespace: str, job_id: str, created_at: int, batch: int) -> bool:
+        done: bool = await self._fetchval(_PURGE_JOB, namespace, job_id, created_at, batch)
+        return done
 
     async def _read_events(
         self, namespace: str, job_id: str, after_seq: int, limit: int

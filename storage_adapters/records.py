@@ -110,6 +110,16 @@ class VersionRecord:
     chunks: int = 0
     last_chunk_seq: int = 0
     completed_at: int | None = None
+    #: bytes as stored (after compression)
+    stored_size: int = 0
+    #: chunks stored as they came (compression did not pay)
+    raw_chunks: int = 0
+    #: hex SHA-256 of the version's bytes, once the version is closed and digested
+    sha256: str | None = None
+    #: the largest chunk as stored (bounds the memory of a batch read; 0: unknown)
+    max_chunk: int = 0
+    #: bytes of the version as one zstd stream (its chunks as zstd frames; -1: unknown)
+    zstd_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +165,12 @@ class JobRecord:
 class EventRecord:
     """One entry of a job's append-only log.
 
-    ``data`` holds the chunk's bytes for ``chunk`` events and the JSON payload
-    for the other kinds. ``version``, ``index`` and ``format`` describe chunks
-    (``index`` is the chunk's position in its version, counting from 0) and
-    are ``0``/``-1``/``""`` on other kinds.
+    ``data`` holds the chunk's bytes as stored for ``chunk`` events (compressed
+    when ``codec`` is ``"zstd"``) and the JSON payload for the other kinds.
+    ``version``, ``index`` (the chunk's position in its version, from 0),
+    ``format``, ``offset`` (where the chunk starts in its version's bytes) and
+    ``digest`` (SHA-256 of the chunk's bytes as appended) describe chunks and
+    keep their defaults on other kinds.
     """
 
     seq: int
@@ -168,6 +180,9 @@ class EventRecord:
     version: int = 0
     index: int = -1
     format: str = ""
+    codec: str = ""
+    digest: bytes | None = None
+    offset: int = 0
 
 
 class DeliveryState(StrEnum):
@@ -307,6 +322,11 @@ def _version_to_doc(v: VersionRecord) -> dict[str, Any]:
         "k": v.chunks,
         "l": v.last_chunk_seq,
         "d": v.completed_at,
+        "ss": v.stored_size,
+        "r": v.raw_chunks,
+        "h": v.sha256,
+        "m": v.max_chunk,
+        "z": v.zstd_size,
     }
 
 
@@ -320,6 +340,11 @@ def _version_from_doc(d: Mapping[str, Any]) -> VersionRecord:
         chunks=d["k"],
         last_chunk_seq=d["l"],
         completed_at=d["d"],
+        stored_size=d.get("ss", d["s"]),
+        raw_chunks=d.get("r", d["k"]),
+        sha256=d.get("h"),
+        max_chunk=d.get("m", 0),
+        zstd_size=d.get("z", -1),
     )
 
 

@@ -18,13 +18,14 @@ __all__ = [
     "due_deliveries_sql",
     "event_from_row",
     "event_rows",
+    "expired_jobs_sql",
     "list_deliveries_sql",
     "list_jobs_sql",
     "outbox_stats_sql",
 ]
 
 #: columns of ``events`` that make an :class:`EventRecord`, in this order
-EVENT_COLUMNS = "seq, kind, at, version, chunk_index, format, data"
+EVENT_COLUMNS = "seq, kind, at, version, chunk_index, format, data, codec, digest, byte_offset"
 
 
 class Params:
@@ -44,7 +45,7 @@ class Params:
 
 
 def event_from_row(row: Iterable[Any]) -> EventRecord:
-    seq, kind, at, version, index, fmt, data = row
+    seq, kind, at, version, index, fmt, data, codec, digest, offset = row
     return EventRecord(
         seq=seq,
         kind=EventKind(kind),
@@ -53,6 +54,9 @@ def event_from_row(row: Iterable[Any]) -> EventRecord:
         version=version,
         index=-1 if index is None else index,
         format=fmt,
+        codec=codec,
+        digest=bytes(digest) if digest is not None else None,
+        offset=offset,
     )
 
 
@@ -72,6 +76,9 @@ def event_rows(
             None if null_index and e.index < 0 else e.index,
             e.format,
             e.data,
+            e.codec,
+            e.digest,
+            e.offset,
         )
         for e in events
     ]
@@ -128,6 +135,13 @@ def due_deliveries_sql(
         f"AND (lease_until IS NULL OR lease_until <= {params(now)})"
         f"{_shard_filter(shards, params)} ORDER BY next_attempt_at LIMIT {params(limit)}"
         f"{' ' + lock if lock else ''}"
+    )
+
+
+def expired_jobs_sql(now: int, limit: int, shards: Collection[int] | None, params: Params) -> str:
+    return (
+        f"SELECT doc FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= {params(now)}"
+        f"{_shard_filter(shards, params)} ORDER BY expires_at LIMIT {params(limit)}"
     )
 
 

@@ -35,6 +35,8 @@ from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 
+from sharding import shard_of
+
 from .base import Capability, StorageAdapter, StoreURL
 from .errors import (
     AlreadyExists,
@@ -70,6 +72,7 @@ from .sql import (
     due_deliveries_sql,
     event_from_row,
     event_rows,
+    expired_jobs_sql,
     list_deliveries_sql,
     list_jobs_sql,
     outbox_stats_sql,
@@ -170,7 +173,34 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE events ADD COLUMN codec TEXT NOT NULL DEFAULT '';
+        ALTER TABLE events ADD COLUMN digest BLOB;
+        ALTER TABLE events ADD COLUMN byte_offset INTEGER NOT NULL DEFAULT 0;
+        UPDATE events SET byte_offset = (
+            SELECT COALESCE(SUM(length(e.data)), 0) FROM events e
+            WHERE e.namespace = events.namespace AND e.job_id = events.job_id
+              AND e.version = events.version AND e.chunk_index >= 0
+              AND e.chunk_index < events.chunk_index
+        ) WHERE chunk_index > 0;
+        ALTER TABLE jobs ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX jobs_expiring ON jobs (expires_at, shard) WHERE expires_at IS NOT NULL
+        """,
+    ),
 ]
+
+
+def _backfill_shards(db: sqlite3.Connection) -> None:
+    namespaces = [row[0] for row in db.execute("SELECT DISTINCT namespace FROM jobs")]
+    db.executemany(
+        "UPDATE jobs SET shard = ? WHERE namespace = ?", [(shard_of(ns), ns) for ns in namespaces]
+    )
+
+
+#: Python steps run after a migration's SQL, in its transaction
+BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {3: _backfill_shards}
 
 _UNAVAILABLE_MESSAGES = (
     "database is locked",
@@ -204,7 +234,7 @@ def _insert_deliveries(db: sqlite3.Connection, deliveries: Sequence[DeliveryReco
 def _insert_events(db: sqlite3.Connection, job: JobRecord, events: Sequence[EventRecord]) -> None:
     db.executemany(
         f"INSERT INTO events (namespace, job_id, {EVENT_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         event_rows(job, events),
     )
 
@@ -487,7 +517,7 @@ class SQLiteAdapter(StorageAdapter):
             try:
                 db.execute(
                     "INSERT INTO jobs (namespace, job_id, revision, status, created_at, "
-                    "expires_at, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "expires_at, doc, shard) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.namespace,
                         job.job_id,
@@ -496,6 +526,7 @@ class SQLiteAdapter(StorageAdapter):
                         job.created_at,
                         job.expires_at,
                         doc,
+                        shard_of(job.namespace),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -560,6 +591,42 @@ class SQLiteAdapter(StorageAdapter):
             )
 
         await self._write(write)
+
+    async def _expired_jobs(
+        self, now: int, limit: int, shards: Collection[int] | None
+    ) -> list[JobRecord]:
+        params = Params("qmark")
+        rows = await self._read(expired_jobs_sql(now, limit, shards, params), params.values)
+        return [job_from_doc(loads(row[0])) for row in rows]
+
+    async def _purge_job(self, namespace: str, job_id: str, created_at: int, batch: int) -> bool:
+        key = (namespace, job_id)
+
+        def write(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM jobs WHERE namespace = ? AND job_id = ? AND created_at = ?",
+                (*key, created_at),
+            ).fetchone()
+            if row is None:
+                return True
+            removed = db.execute(
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events "
+                "WHERE namespace = ? AND job_id = ? ORDER BY seq LIMIT ?)",
+                (*key, batch),
+            ).rowcount
+            removed += db.execute(
+                "DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries "
+                "WHERE namespace = ? AND job_id = ? LIMIT ?)",
+                (*key, max(batch - removed, 0)),
+            ).rowcount
+            if removed >= batch:
+                return False
+            db.execute("DELETE FROM job_tags WHERE namespace = ? AND job_id = ?", key)
+            db.execute("DELETE FROM jobs WHERE namespace = ? AND job_id = ?", key)
+            return True
+
+        done: bool = await self._write(write)
+        return done
 
     async def _read_events(
         self, namespace: str, job_id: str, after_seq: int, limit: int
@@ -748,6 +815,8 @@ def _migrate(db: sqlite3.Connection, apply: bool) -> list[int]:
                 for statement in (s.strip() for s in script.split(";")):
                     if statement:
                         db.execute(statement)
+                if version in BACKFILLS:
+                    BACKFILLS[version](db)
                 db.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                     (version, int(time.time() * 1_000_000)),

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from storage_adapters import adapter_for
+from storage_adapters import StoreURL, adapter_for
 
 
 class StoreURLFactory(Protocol):
@@ -134,6 +134,46 @@ async def mysql(tmp_path: Path, *, empty: bool = True) -> AsyncIterator[str]:
         raise
     yield with_database(admin_url, database)
     await execute(f"DROP DATABASE IF EXISTS {database}")
+
+
+async def execute_sql(url: str, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    """Run SQL (``?`` placeholders) on a store's database, outside the adapter."""
+    scheme = url.partition(":")[0]
+    if scheme == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            for sql, params in statements:
+                db.execute(sql, params)
+    elif scheme == "postgresql":
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            for sql, params in statements:
+                parts = sql.split("?")
+                numbered = parts[0] + "".join(f"${n}{p}" for n, p in enumerate(parts[1:], 1))
+                await conn.execute(numbered, *params)
+        finally:
+            await conn.close()
+    else:
+        import aiomysql
+
+        parsed = StoreURL.parse(url)
+        conn = await aiomysql.connect(
+            host=parsed.host,
+            port=parsed.port or 3306,
+            user=parsed.username,
+            password=parsed.password or "",
+            db=parsed.path.strip("/"),
+            autocommit=True,
+        )
+        try:
+            async with conn.cursor() as cur:
+                for sql, params in statements:
+                    await cur.execute(sql.replace("?", "%s"), params)
+        finally:
+            conn.close()
 
 
 STORES: dict[str, StoreURLFactory] = {

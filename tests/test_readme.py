@@ -8,6 +8,7 @@ text is the port, since 8080 may be taken on a test machine.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -52,6 +53,11 @@ def test_readme_walkthrough_works_verbatim(tmp_path: Path) -> None:
     assert '"seq":3' in outputs[4] and '"index":1' in outputs[4]
     assert '"status":"Succeeded"' in outputs[5]
     assert '"output":"Hello, world!"' in outputs[6] and outputs[6].endswith("Hello, world!")
+    numbers = "".join(f"{n}\n" for n in range(1, 500_001)).encode()
+    uploaded = outputs[7]
+    assert f'"size":{len(numbers)}' in uploaded and '"complete":true' in uploaded
+    assert f'"sha256":"{hashlib.sha256(numbers).hexdigest()}"' in uploaded
+    assert uploaded.endswith("1\n2\n3\n4\n5\n6\n")
     stream = (tmp_path / "stream.out").read_text()
     assert stream.count("event: chunk") == 2 and "event: end" in stream
     assert (tmp_path / "aos.db").is_file(), "the embedded default store"

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from service import lifecycle
+from service.lifecycle import Chunk
 from storage_adapters import (
     AttemptRecord,
     DeliveryQuery,
@@ -21,6 +22,8 @@ from storage_adapters import (
 )
 
 from .test_store_contract import NS, T0, new
+
+as_is = Chunk.stored_as_is
 
 LEASE = 60_000_000
 
@@ -65,7 +68,7 @@ async def test_deliveries_are_written_with_the_job(store: StorageAdapter) -> Non
 
 async def test_a_lost_compare_and_set_queues_nothing(store: StorageAdapter) -> None:
     job, _ = await queued(store, "job-1", 1)
-    winner = lifecycle.append_chunk(job, b"a", OutputFormat.TEXT, "text/plain", T0 + 1)
+    winner = lifecycle.append_chunk(job, as_is(b"a"), OutputFormat.TEXT, "text/plain", T0 + 1)
     await store.update_job(winner.job, winner.events, job.revision)
     loser = lifecycle.cancel(job, T0 + 2)
     with pytest.raises(RevisionConflict):

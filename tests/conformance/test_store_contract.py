@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 
 from service import lifecycle
+from service.lifecycle import Chunk
 from storage_adapters import (
     AlreadyExists,
     Capability,
@@ -28,6 +29,8 @@ from storage_adapters import (
     StorageAdapter,
     adapter_for,
 )
+
+as_is = Chunk.stored_as_is
 
 NS = "conf"
 T0 = 1_700_000_000_000_000
@@ -61,7 +64,7 @@ async def commit(store: StorageAdapter, job: JobRecord, change: lifecycle.Change
 async def append(
     store: StorageAdapter, job: JobRecord, data: bytes, fmt: OutputFormat = OutputFormat.TEXT
 ) -> JobRecord:
-    change = lifecycle.append_chunk(job, data, fmt, "text/plain", job.updated_at + 1)
+    change = lifecycle.append_chunk(job, as_is(data), fmt, "text/plain", job.updated_at + 1)
     return await commit(store, job, change)
 
 
@@ -105,7 +108,7 @@ async def test_update_with_current_revision_stores_job_and_events(store: Storage
 async def test_stale_revision_loses_and_writes_nothing(store: StorageAdapter) -> None:
     job = await created(store, "job-1")
     winner = await append(store, job, b"first")
-    losing = lifecycle.append_chunk(job, b"second", OutputFormat.TEXT, "text/plain", T0 + 9)
+    losing = lifecycle.append_chunk(job, as_is(b"second"), OutputFormat.TEXT, "text/plain", T0 + 9)
     with pytest.raises(RevisionConflict):
         await store.update_job(losing.job, losing.events, job.revision)
     assert await store.get_job(NS, "job-1") == winner
@@ -124,7 +127,9 @@ async def test_update_of_a_missing_job_is_not_found(store: StorageAdapter) -> No
 async def test_concurrent_compare_and_set_has_exactly_one_winner(store: StorageAdapter) -> None:
     job = await created(store, "job-1")
     changes = [
-        lifecycle.append_chunk(job, f"w{i}".encode(), OutputFormat.TEXT, "text/plain", T0 + i)
+        lifecycle.append_chunk(
+            job, as_is(f"w{i}".encode()), OutputFormat.TEXT, "text/plain", T0 + i
+        )
         for i in range(10)
     ]
 
@@ -145,7 +150,7 @@ async def test_concurrent_compare_and_set_has_exactly_one_winner(store: StorageA
 
 async def test_contract_violations_are_refused_before_writing(store: StorageAdapter) -> None:
     job = await created(store, "job-1")
-    change = lifecycle.append_chunk(job, b"x", OutputFormat.TEXT, "text/plain", T0 + 1)
+    change = lifecycle.append_chunk(job, as_is(b"x"), OutputFormat.TEXT, "text/plain", T0 + 1)
     gap = dataclasses.replace(change.events[-1], seq=change.events[-1].seq + 5)
     with pytest.raises(ValueError, match="contiguous"):
         await store.update_job(change.job, (*change.events[:-1], gap), job.revision)
@@ -376,7 +381,7 @@ async def test_compare_and_set_tells_a_recreated_job_apart(store: StorageAdapter
     await store.delete_job(NS, "job-1", old.revision)
     new = await created(store, "job-1", at=T0 + 10)
     assert new.revision == old.revision
-    stale = lifecycle.append_chunk(old, b"late", OutputFormat.TEXT, "text/plain", T0 + 20)
+    stale = lifecycle.append_chunk(old, as_is(b"late"), OutputFormat.TEXT, "text/plain", T0 + 20)
     with pytest.raises(RevisionConflict):
         await store.update_job(stale.job, stale.events, old.revision)
     assert await store.get_job(NS, "job-1") == new

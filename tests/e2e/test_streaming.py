@@ -124,6 +124,7 @@ async def test_cursor_from_the_future_gets_a_reset(
     ) as r:
         events = [e async for e in sse_events(r)]
     assert events[0].event == "reset" and events[0].json()["lastSeq"] == 2
+    assert events[0].json()["nextSeq"] == 1
     assert [e.event for e in events[1:]] == ["status", "status", "end"]
 
 

@@ -42,12 +42,31 @@ def test_defaults_are_the_embedded_store_and_a_week_of_retention() -> None:
         ("AOS_PORT", "http"),
         ("AOS_ACCESS_LOG", "maybe"),
         ("AOS_MAX_CHUNK_BYTES", "0"),
+        ("AOS_MAX_CHUNK_BYTES", "65MiB"),
+        ("AOS_UPLOAD_CHUNK_BYTES", "1PiB"),
+        ("AOS_COMPRESSION", "gzip"),
+        ("AOS_COMPRESSION_LEVEL", "22"),
         ("AOS_DEFAULT_RETENTION", "P1M"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
         Settings.from_env({name: value})
+
+
+def test_sizes_take_binary_suffixes() -> None:
+    settings = Settings.from_env(
+        {
+            "AOS_UPLOAD_CHUNK_BYTES": "4MiB",
+            "AOS_MAX_VERSION_BYTES": "2 TiB",
+            "AOS_READ_BATCH_BYTES": "512KiB",
+        }
+    )
+    assert settings.upload_chunk_bytes == 4 << 20
+    assert settings.max_version_bytes == 2 << 40
+    assert settings.read_batch_bytes == 512 << 10
+    assert settings.largest_chunk == 4 << 20
+    assert Settings.from_env({"AOS_COMPRESSION": "none"}).compression is False
 
 
 def test_secret_hides_itself() -> None:

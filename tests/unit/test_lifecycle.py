@@ -4,8 +4,10 @@ import orjson
 import pytest
 
 from service import lifecycle
-from service.lifecycle import InvalidChange, StatusPatch
+from service.lifecycle import Chunk, InvalidChange, StatusPatch
 from storage_adapters import EventKind, JobRecord, JobStatus, OutputFormat
+
+as_is = Chunk.stored_as_is
 
 T0 = 1_000_000
 
@@ -79,7 +81,7 @@ def test_terminal_states_refuse_every_change() -> None:
         for attempt in (
             lambda j: lifecycle.cancel(j, T0),
             lambda j: lifecycle.apply_patch(j, StatusPatch(progress=5), T0),
-            lambda j: lifecycle.append_chunk(j, b"x", OutputFormat.TEXT, "text/plain", T0),
+            lambda j: lifecycle.append_chunk(j, as_is(b"x"), OutputFormat.TEXT, "text/plain", T0),
             lambda j: lifecycle.start_version(j, T0, 10),
         ):
             with pytest.raises(InvalidChange, match="final"):
@@ -88,7 +90,7 @@ def test_terminal_states_refuse_every_change() -> None:
 
 def test_first_chunk_starts_the_job_in_the_same_change() -> None:
     job = fresh()
-    change = lifecycle.append_chunk(job, b"abc", OutputFormat.TEXT, "text/plain", T0 + 5)
+    change = lifecycle.append_chunk(job, as_is(b"abc"), OutputFormat.TEXT, "text/plain", T0 + 5)
     assert [e.kind for e in change.events] == [EventKind.STATUS, EventKind.CHUNK]
     assert statuses(change) == ["Running"]
     assert change.job.started_at == T0 + 5
@@ -139,24 +141,26 @@ def test_progress_and_eta_changes_are_logged_once() -> None:
 
 def test_chunk_index_rules() -> None:
     job = fresh()
-    job = lifecycle.append_chunk(job, b"a", OutputFormat.TEXT, "text/plain", T0, index=0).job
+    job = lifecycle.append_chunk(job, as_is(b"a"), OutputFormat.TEXT, "text/plain", T0, index=0).job
     with pytest.raises(lifecycle.ChunkAlreadyStored) as stored:
-        lifecycle.append_chunk(job, b"a", OutputFormat.TEXT, "text/plain", T0, index=0)
+        lifecycle.append_chunk(job, as_is(b"a"), OutputFormat.TEXT, "text/plain", T0, index=0)
     assert (stored.value.version, stored.value.index) == (1, 0)
     with pytest.raises(InvalidChange) as skipped:
-        lifecycle.append_chunk(job, b"c", OutputFormat.TEXT, "text/plain", T0, index=2)
+        lifecycle.append_chunk(job, as_is(b"c"), OutputFormat.TEXT, "text/plain", T0, index=2)
     assert skipped.value.reason == "chunk-index-conflict"
-    nxt = lifecycle.append_chunk(job, b"b", OutputFormat.TEXT, "text/plain", T0, index=1)
+    nxt = lifecycle.append_chunk(job, as_is(b"b"), OutputFormat.TEXT, "text/plain", T0, index=1)
     assert nxt.events[-1].index == 1
 
 
 def test_a_version_keeps_one_format() -> None:
-    job = lifecycle.append_chunk(fresh(), b"a", OutputFormat.TEXT, "text/plain", T0).job
+    job = lifecycle.append_chunk(fresh(), as_is(b"a"), OutputFormat.TEXT, "text/plain", T0).job
     with pytest.raises(InvalidChange) as caught:
-        lifecycle.append_chunk(job, b"\x00", OutputFormat.BINARY, "application/octet-stream", T0)
+        lifecycle.append_chunk(
+            job, as_is(b"\x00"), OutputFormat.BINARY, "application/octet-stream", T0
+        )
     assert caught.value.reason == "format-conflict"
     job = lifecycle.start_version(job, T0 + 1, 10).job
-    change = lifecycle.append_chunk(job, b"\x00", OutputFormat.BINARY, "image/png", T0 + 2)
+    change = lifecycle.append_chunk(job, as_is(b"\x00"), OutputFormat.BINARY, "image/png", T0 + 2)
     assert change.job.versions[1].format is OutputFormat.BINARY
     assert change.job.versions[1].content_type == "image/png"
     assert change.events[-1].version == 2 and change.events[-1].index == 0
@@ -173,3 +177,79 @@ def test_versions_are_limited_and_logged() -> None:
     with pytest.raises(InvalidChange) as caught:
         lifecycle.start_version(job, T0 + 9, 3)
     assert caught.value.reason == "version-limit"
+
+
+# -- stored chunks, complete versions, digests, expiry ------------------------------
+
+
+def test_chunks_record_where_they_start_and_how_they_are_stored() -> None:
+    job = fresh()
+    packed = Chunk(b"z" * 10, 1000, b"d" * 32, "zstd")
+    job = lifecycle.append_chunk(job, packed, OutputFormat.TEXT, "text/plain", T0 + 1).job
+    change = lifecycle.append_chunk(job, as_is(b"abc"), OutputFormat.TEXT, "text/plain", T0 + 2)
+    first_version = change.job.versions[0]
+    assert (first_version.size, first_version.stored_size) == (1003, 13)
+    assert (first_version.chunks, first_version.raw_chunks, first_version.max_chunk) == (2, 1, 10)
+    event = change.events[-1]
+    assert (event.offset, event.codec, event.data) == (1000, "", b"abc")
+    assert event.digest == as_is(b"abc").digest
+
+
+def test_a_last_chunk_with_the_digest_completes_the_version() -> None:
+    job = fresh()
+    change = lifecycle.append_chunk(
+        job, as_is(b"all"), OutputFormat.TEXT, "text/plain", T0 + 1, 0, sha256="ab" * 32
+    )
+    version = change.job.versions[0]
+    assert version.completed_at == T0 + 1 and version.sha256 == "ab" * 32
+    with pytest.raises(InvalidChange) as caught:
+        lifecycle.append_chunk(change.job, as_is(b"more"), OutputFormat.TEXT, "text/plain", T0)
+    assert caught.value.reason == "version-complete"
+    # The job ending later keeps the time the version was completed.
+    done = lifecycle.apply_patch(change.job, StatusPatch(status=JobStatus.SUCCEEDED), T0 + 9)
+    assert done.job.versions[0].completed_at == T0 + 1
+
+
+def test_max_size_bounds_a_version() -> None:
+    job = lifecycle.append_chunk(fresh(), as_is(b"12345"), OutputFormat.TEXT, "t", T0).job
+    with pytest.raises(InvalidChange) as caught:
+        lifecycle.append_chunk(job, as_is(b"678"), OutputFormat.TEXT, "t", T0, max_size=7)
+    assert caught.value.reason == "version-too-large"
+    lifecycle.append_chunk(job, as_is(b"67"), OutputFormat.TEXT, "t", T0, max_size=7)
+
+
+def test_sealing_records_a_digest_without_logging() -> None:
+    job = lifecycle.append_chunk(fresh(), as_is(b"abc"), OutputFormat.TEXT, "t", T0 + 1).job
+    done = lifecycle.apply_patch(job, StatusPatch(status=JobStatus.SUCCEEDED), T0 + 2).job
+    assert done.versions[0].sha256 is None
+    sealed = lifecycle.seal_version(done, 1, 1, "cd" * 32, T0 + 3)
+    assert sealed.events == ()
+    assert sealed.job.revision == done.revision + 1
+    assert (sealed.job.last_seq, sealed.job.updated_at) == (done.last_seq, done.updated_at)
+    assert sealed.job.versions[0].sha256 == "cd" * 32
+    # Sealing again with the same digest changes nothing; a changed version is refused.
+    assert lifecycle.seal_version(sealed.job, 1, 1, "cd" * 32, T0 + 4).job is sealed.job
+    with pytest.raises(InvalidChange, match="changed"):
+        lifecycle.seal_version(done, 1, 2, "cd" * 32, T0 + 3)
+
+
+def test_sealing_an_open_version_completes_it() -> None:
+    job = lifecycle.append_chunk(fresh(), as_is(b"abc"), OutputFormat.TEXT, "t", T0 + 1).job
+    sealed = lifecycle.seal_version(job, 1, 1, "ef" * 32, T0 + 5).job
+    assert sealed.versions[0].completed_at == T0 + 5
+    assert sealed.status is JobStatus.RUNNING
+
+
+def test_an_empty_version_is_digested_when_it_closes() -> None:
+    job = lifecycle.start_version(job_in(JobStatus.RUNNING), T0 + 5, 10).job
+    assert job.versions[0].sha256 == lifecycle.EMPTY_SHA256
+    assert job.versions[1].sha256 is None
+
+
+def test_expire_applies_to_finished_jobs_only() -> None:
+    with pytest.raises(InvalidChange) as caught:
+        lifecycle.expire(job_in(JobStatus.RUNNING), T0)
+    assert caught.value.reason == "job-not-terminal"
+    done = job_in(JobStatus.SUCCEEDED)
+    expired = lifecycle.expire(done, T0 + 50)
+    assert expired.events == () and expired.job.expires_at == T0 + 50
