@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,6 +28,7 @@ from .metrics import Metrics
 from .namespaces import NamespaceDirectory, merged_config
 from .problems import Problem
 from .settings import Settings
+from .sse import EventStream
 from .streams import StreamPlan, job_stream, wait_for_change
 from .views import (
     etag_matches,
@@ -238,7 +238,7 @@ def _stream_cursor(request: Request) -> int | None:
     return None
 
 
-async def stream_job(request: Request) -> Response:
+async def stream_job(request: Request) -> Response | EventStream:
     state, namespace, job_id = await job_call(request, Action.READ)
     cursor = _stream_cursor(request)
     start = request.query_params.get("from")
@@ -254,13 +254,10 @@ async def stream_job(request: Request) -> Response:
     if cursor > job.last_seq:
         plan = StreamPlan(0, "cursor-ahead")
     settings = state.settings
-    return EventSourceResponse(
+    return EventStream(
         job_stream(state.jobs, state.hub, state.metrics, job, plan),
         ping=settings.sse_heartbeat,
-        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
-        sep="\n",
-        send_timeout=60,
-        headers={"Cache-Control": "no-store"},
+        send_timeout=settings.sse_send_timeout,
     )
 
 

@@ -14,13 +14,13 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route, Router
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["ROUTE_KEY", "Handler", "HandlerRoute", "SegmentRouter"]
 
-Handler = Callable[[Request], Awaitable[Response]]
+#: a handler answers with a Response, or any ASGI app (a streaming response)
+Handler = Callable[[Request], Awaitable[ASGIApp]]
 
 #: where a matched route puts its path template in the scope (for metrics and logs)
 ROUTE_KEY = "aos.route"

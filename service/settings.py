@@ -174,6 +174,8 @@ class Settings:
         default=7 * 86_400, metadata=_env("AOS_DEFAULT_RETENTION", _retention)
     )
     sse_heartbeat: float = field(default=15.0, metadata=_env("AOS_SSE_HEARTBEAT", _seconds))
+    #: a stream whose client has not taken a frame for this long is closed
+    sse_send_timeout: float = field(default=60.0, metadata=_env("AOS_SSE_SEND_TIMEOUT", _seconds))
     #: a live subscriber holds at most this many events / bytes before it is
     #: switched to catching up from the store
     subscriber_queue_events: int = field(
