@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean bench-store bench-webhooks bench-large-output
+.PHONY: run test lint format venv clean bench bench-store bench-webhooks bench-large-output
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,23 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Real servers the suite runs against (scripts/testenv/<name>.sh).
+# Real servers the suite runs against (scripts/testenv/<name>.sh), and the
+# benchmark peers its smoke run of `make bench` needs (loadtests/peers/<name>.sh).
 TEST_SERVERS ?= postgres mariadb
+BENCH_PEERS ?= nchan centrifugo
 
-## test: lint, start the test servers, then the whole test suite
+## test: lint, start the test servers and benchmark peers, then the whole test suite
 test: venv lint
+	@for peer in $(BENCH_PEERS); do loadtests/peers/$$peer.sh start || exit 1; done
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
 	$(BIN)/pytest
+
+## bench: AOS (SQLite, PostgreSQL) side by side with Nchan and Centrifugo (docs/benchmarks.md)
+bench: venv
+	@env_lines="$$(scripts/testenv/up postgres)" || exit 1; \
+	eval "$$env_lines"; \
+	$(BIN)/python -m loadtests.bench
 
 ## bench-store: submit/append/status latency on SQLite, PostgreSQL and MySQL (docs/benchmarks.md)
 bench-store: venv

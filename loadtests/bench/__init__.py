@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of AOS, Nchan and Centrifugo: ``python -m loadtests.bench``."""
