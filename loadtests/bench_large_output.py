@@ -174,17 +174,22 @@ async def bench_aos(store: str, workdir: Path, data: Path, size: int, sha256: st
         job = f"{base}/api/v1/namespaces/bench/jobs/big"
         auth = ["-H", f"Authorization: Bearer {ADMIN}"]
 
-        cpu = node.cpu_seconds()
-        moved, seconds, body = curl(
-            *auth, "-H", "Content-Type: application/octet-stream", "-T", str(data), f"{job}/output"
-        )
-        report(system, "ingest", moved, seconds, size)
-        emit(
-            system,
+        def measured(scenario: str, *args: str) -> bytes:
+            """One curl transfer: throughput and the service's CPU per GiB."""
+            cpu = node.cpu_seconds()
+            moved, seconds, body = curl(*auth, *args)
+            report(system, scenario, moved, seconds, size)
+            per_gib = (node.cpu_seconds() - cpu) / (size / GIB)
+            emit(system, scenario, "cpu_per_gib", round(per_gib, 2), "s")
+            return body
+
+        body = measured(
             "ingest",
-            "cpu_per_gib",
-            round((node.cpu_seconds() - cpu) / (size / GIB), 2),
-            "s",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            str(data),
+            f"{job}/output",
         )
         emit(system, "ingest", "peak_rss", node.peak_rss_mb(), "MB")
         version = httpx.Response(200, content=body).json()
@@ -193,31 +198,13 @@ async def bench_aos(store: str, workdir: Path, data: Path, size: int, sha256: st
         emit(system, "ingest", "stored_ratio", round(version["storedSize"] / size, 3), "")
         os.sync()  # egress reads; it does not compete with the write-back of the ingest
 
-        cpu = node.cpu_seconds()
-        moved, seconds, _ = curl(
-            *auth, "-H", "Accept-Encoding: identity", "-o", "/dev/null", f"{job}/output/raw"
-        )
-        report(system, "egress", moved, seconds, size)
-        emit(
-            system,
-            "egress",
-            "cpu_per_gib",
-            round((node.cpu_seconds() - cpu) / (size / GIB), 2),
-            "s",
+        measured(
+            "egress", "-H", "Accept-Encoding: identity", "-o", "/dev/null", f"{job}/output/raw"
         )
         emit(system, "egress", "peak_rss", node.peak_rss_mb(), "MB")
 
-        cpu = node.cpu_seconds()
-        moved, seconds, _ = curl(
-            *auth, "-H", "Accept-Encoding: zstd", "-o", "/dev/null", f"{job}/output/raw"
-        )
-        report(system, "egress-zstd", moved, seconds, size)
-        emit(
-            system,
-            "egress-zstd",
-            "cpu_per_gib",
-            round((node.cpu_seconds() - cpu) / (size / GIB), 2),
-            "s",
+        measured(
+            "egress-zstd", "-H", "Accept-Encoding: zstd", "-o", "/dev/null", f"{job}/output/raw"
         )
         emit(system, "all", "peak_rss", node.peak_rss_mb(), "MB")
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-__all__ = ["AosProcess", "database_url", "emit", "free_port", "percentiles"]
+__all__ = ["AosProcess", "database_url", "emit", "exports", "free_port", "percentiles"]
 
 
 def emit(system: str, scenario: str, metric: str, value: float | int | str, unit: str) -> None:
@@ -25,6 +25,16 @@ def emit(system: str, scenario: str, metric: str, value: float | int | str, unit
     line = {"system": system, "scenario": scenario, "metric": metric, "value": value, "unit": unit}
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
     sys.stdout.flush()
+
+
+def exports(text: str) -> dict[str, str]:
+    """The ``export NAME=value`` lines of a setup script's output, as a dict."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = value.strip("'\"")
+    return env
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:

@@ -32,7 +32,7 @@ import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from loadtests.harness import database_url, emit
+from loadtests.harness import database_url, emit, exports
 
 from . import scenarios
 from .scenarios import FULL, SMOKE, Plan, Results
@@ -50,10 +50,7 @@ def ensure_postgres() -> None:
     out = subprocess.run(
         [str(ROOT / "scripts/testenv/up"), "postgres"], check=True, capture_output=True, text=True
     ).stdout
-    for line in out.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line.removeprefix("export ").split("=", 1)
-            os.environ[key] = value.strip("'\"")
+    os.environ.update(exports(out))
 
 
 def raise_fd_limit() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from loadtests.client import Connection
-from loadtests.harness import AosProcess, database_url
+from loadtests.harness import AosProcess, database_url, exports
 
 __all__ = ["AOS", "Centrifugo", "Nchan", "System", "process_rss", "start_peer"]
 
@@ -39,12 +39,7 @@ def start_peer(name: str) -> dict[str, str]:
     out = subprocess.run(
         ["bash", str(PEERS / f"{name}.sh"), "env"], check=True, capture_output=True, text=True
     ).stdout
-    env: dict[str, str] = {}
-    for line in out.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line.removeprefix("export ").split("=", 1)
-            env[key] = value.strip("'\"")
-    return env
+    return exports(out)
 
 
 def pid_tree(pid: int) -> list[int]:
