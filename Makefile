@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean bench bench-store bench-webhooks bench-large-output
+.PHONY: run test lint format venv clean bench bench-store bench-webhooks bench-large-output bench-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ bench-large-output: venv
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
 	$(BIN)/python -m loadtests.bench_large_output --size 10GiB --stores sqlite,postgresql,mysql
+
+## bench-cluster: forwarding overhead: the same requests to the owner node and through another node
+bench-cluster: venv
+	@env_lines="$$(scripts/testenv/up postgres)" || exit 1; \
+	eval "$$env_lines"; \
+	$(BIN)/python -m loadtests.bench_cluster --store postgresql
 
 format: venv
 	$(BIN)/ruff check --fix .

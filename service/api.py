@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sharding import AUTH_HEADER, Membership
+from sharding.membership import NODE_HEADER, NODE_URL_HEADER
 from storage_adapters import (
     NamespaceRecord,
     StorageAdapter,
@@ -21,6 +23,7 @@ from webhooks.drainer import Drainer
 from . import validation
 from .auth import Action, Authenticator, Principal, issue_key
 from .clock import now_us, render_timestamp
+from .cluster import route_to_owner
 from .hub import Hub
 from .ids import valid_job_id, valid_namespace
 from .jobs import JobService
@@ -63,8 +66,18 @@ class AppState:
     namespaces: NamespaceDirectory
     metrics: Metrics
     openapi: dict[str, Any]
+    #: this node's view of the cluster (a ring of one when it runs alone)
+    membership: Membership
     #: the webhook drainer of this node (None when AOS_WEBHOOKS is off)
     drainer: Drainer | None = None
+
+    def recheck(self, namespace: str) -> float | None:
+        """How often a live consumer of ``namespace`` here must re-read the store
+        (``None``: never — this node owns it and every node agrees on the ring)."""
+        membership = self.membership
+        if not membership.clustered or (membership.owns(namespace) and membership.settled()):
+            return None
+        return self.settings.cluster_recheck
 
 
 class JSONResponse(Response):
@@ -119,6 +132,7 @@ async def job_call(request: Request, action: Action) -> tuple[AppState, str, str
     job_id: str = request.path_params["job_id"]
     if not valid_job_id(job_id):
         raise Problem("bad-request", "the job id is not valid: ^[a-z0-9][a-z0-9._-]{0,127}$")
+    route_to_owner(request, state.membership, namespace)
     return state, namespace, job_id
 
 
@@ -138,6 +152,7 @@ async def create_job(request: Request) -> Response:
         raw_namespace = None  # reported by parse_new_job
     namespace = resolve_namespace(request, principal, raw_namespace)
     principal.authorize(namespace, Action.WRITE)
+    route_to_owner(request, state.membership, namespace)
     _, new_job = validation.parse_new_job(body, state.settings)
     record = await state.namespaces.get(namespace)
     if record is None:
@@ -156,6 +171,7 @@ async def list_jobs(request: Request) -> Response:
     principal = await state.auth.authenticate(request)
     namespace = resolve_namespace(request, principal)
     principal.authorize(namespace, Action.READ)
+    route_to_owner(request, state.membership, namespace)
     query = validation.parse_list_query(request.query_params, alive_at=now_us())
     # One row more than asked tells whether there is a next page.
     page = await state.jobs.list(namespace, dataclasses.replace(query, limit=query.limit + 1))
@@ -201,7 +217,9 @@ async def get_status(request: Request) -> Response:
     job = await state.jobs.get(namespace, job_id)
     if_none_match = request.headers.get("if-none-match")
     if wait > 0 and if_none_match and etag_matches(if_none_match, status_etag(job)):
-        job = await wait_for_change(state.jobs, state.hub, state.metrics, job, if_none_match, wait)
+        job = await wait_for_change(
+            state.jobs, state.hub, state.metrics, job, if_none_match, wait, state.recheck
+        )
     etag = status_etag(job)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, etag):
@@ -255,7 +273,7 @@ async def stream_job(request: Request) -> Response | EventStream:
         plan = StreamPlan(0, "cursor-ahead")
     settings = state.settings
     return EventStream(
-        job_stream(state.jobs, state.hub, state.metrics, job, plan),
+        job_stream(state.jobs, state.hub, state.metrics, job, plan, state.recheck),
         ping=settings.sse_heartbeat,
         send_timeout=settings.sse_send_timeout,
     )
@@ -272,6 +290,7 @@ async def namespace_call(request: Request, action: Action) -> tuple[AppState, st
     if not valid_namespace(namespace):
         raise Problem("bad-request", "namespace names match ^[a-z0-9][a-z0-9._-]{0,62}$")
     principal.authorize(namespace, action)
+    route_to_owner(request, state.membership, namespace)
     return state, namespace
 
 
@@ -336,7 +355,37 @@ async def readyz(request: Request) -> Response:
             await state.store.ping()
     except Exception as exc:  # every failure means "not ready"
         raise Problem("store-unavailable", f"the store does not answer: {exc}") from None
-    return JSONResponse({"status": "ready", "store": state.store.url.scheme})
+    return JSONResponse(
+        {
+            "status": "ready",
+            "store": state.store.url.scheme,
+            "cluster": state.membership.summary(),
+        }
+    )
+
+
+async def cluster_ping(request: Request) -> Response:
+    """A peer's health check (``GET /internal/v1/cluster/ping``); with the
+    cluster secret, the caller may announce itself and learns the members."""
+    membership = state_of(request).membership
+    trusted = membership.secret is not None and membership.authorized(
+        request.headers.get(AUTH_HEADER)
+    )
+    if membership.secret is not None and not trusted:
+        raise Problem("forbidden", "this route is for the members of the cluster")
+    node_id, url = request.headers.get(NODE_HEADER), request.headers.get(NODE_URL_HEADER)
+    if trusted and node_id and url:
+        membership.announced(node_id, url.rstrip("/"))
+    return JSONResponse(membership.ping_answer(trusted))
+
+
+async def cluster_view(request: Request) -> Response:
+    """``GET /api/v1/cluster``: this node's view of the cluster (root admin only)."""
+    state = state_of(request)
+    principal = await state.auth.authenticate(request)
+    if not principal.is_root:
+        raise Problem("forbidden", "the cluster view needs the root admin token")
+    return JSONResponse(state.membership.view())
 
 
 async def metrics(request: Request) -> Response:

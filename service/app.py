@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from sharding import Forwarder, HashRing
 from storage_adapters import StorageAdapter, StoreUnavailable, adapter_for
 from webhooks.client import HttpClient
 from webhooks.drainer import Drainer, DrainerMetrics, DrainerSettings
@@ -19,6 +20,7 @@ from webhooks.ssrf import AddressGuard
 from . import __version__
 from .api import AppState
 from .auth import Authenticator
+from .cluster import ClusterLayer, build_membership, rebalance
 from .codec import Codec
 from .hub import Hub
 from .janitor import Janitor
@@ -43,8 +45,8 @@ class _App(Starlette):
     request middleware does error handling too (see service.middleware)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        metrics, access_log = self.state.request_middleware
-        return RequestMiddleware(self.router, metrics=metrics, access_log=access_log)
+        metrics, access_log, cluster = self.state.request_middleware
+        return RequestMiddleware(cluster(self.router), metrics=metrics, access_log=access_log)
 
 
 async def _watch_store(state: AppState) -> None:
@@ -106,6 +108,13 @@ def create_app(
         max_bytes=settings.subscriber_queue_bytes,
     )
     namespaces = NamespaceDirectory(store, ttl=settings.key_cache_seconds)
+    forwarder = Forwarder(
+        settings.node_id,
+        secret=settings.cluster_secret,
+        connect_timeout=settings.forward_connect_timeout,
+        timeout=settings.forward_timeout,
+    )
+    membership = build_membership(settings, forwarder.client)
     drainer: Drainer | None = None
     if settings.webhooks:
         client = HttpClient(
@@ -126,6 +135,7 @@ def create_app(
             ),
             DrainerMetrics(metrics.registry),
             namespaces.hooks,
+            shards=membership.owned_shards,
         )
     codec = Codec(
         compression=settings.compression,
@@ -152,7 +162,13 @@ def create_app(
         on_deliveries=drainer.wake if drainer is not None else lambda: None,
     )
     janitor = (
-        Janitor(store, jobs, metrics, interval=settings.janitor_interval)
+        Janitor(
+            store,
+            jobs,
+            metrics,
+            interval=settings.janitor_interval,
+            shards=membership.owned_shards,
+        )
         if settings.janitor
         else None
     )
@@ -165,13 +181,27 @@ def create_app(
         namespaces=namespaces,
         metrics=metrics,
         openapi=build_openapi(),
+        membership=membership,
         drainer=drainer,
     )
+
+    def ring_changed(old: HashRing, new: HashRing) -> None:
+        rebalance(membership, hub, old, new)
+        metrics.cluster_members.set(len(new))
+        metrics.owned_shards.set(len(new.shards_of(membership.me.id)))
+        if drainer is not None:
+            drainer.wake()  # shards it now owns may have deliveries due
+
+    membership.on_change(ring_changed)
+    ring_changed(membership.ring, membership.ring)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await _open_store(store, settings)
-        tasks = [asyncio.create_task(_watch_store(state), name="aos-store-watch")]
+        tasks = [
+            asyncio.create_task(_watch_store(state), name="aos-store-watch"),
+            asyncio.create_task(membership.run(), name="aos-cluster"),
+        ]
         if drainer is not None:
             tasks.append(asyncio.create_task(drainer.run(), name="aos-webhooks"))
         if janitor is not None:
@@ -183,6 +213,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await jobs.close()
+            await forwarder.close()
             if drainer is not None:
                 await drainer.client.close()
             hub.close_all()
@@ -191,6 +222,12 @@ def create_app(
 
     app = _App()
     app.router = SegmentRouter(routes(), lifespan=lifespan)
-    app.state.request_middleware = (metrics, settings.access_log)
+    app.state.request_middleware = (
+        metrics,
+        settings.access_log,
+        lambda router: ClusterLayer(
+            router, membership, forwarder, metrics, max_recorded=settings.max_body_bytes
+        ),
+    )
     app.state.aos = state
     return app

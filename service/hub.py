@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["CLOSED", "LAGGED", "Hub", "HubEvent", "Subscription", "Topic"]
+__all__ = ["CLOSED", "LAGGED", "NUDGED", "Hub", "HubEvent", "Subscription", "Topic"]
 
 Topic = tuple[str, str]  # (namespace, job id)
 
@@ -42,8 +42,10 @@ class _Signal:
 
 #: returned by :meth:`Subscription.get` when the queue overflowed
 LAGGED: Final = _Signal("LAGGED")
-#: returned when the topic was closed (the job was deleted)
+#: returned when the topic was closed (the job was deleted, or moved to another node)
 CLOSED: Final = _Signal("CLOSED")
+#: returned when the subscriber should look at the store (the cluster's ring changed)
+NUDGED: Final = _Signal("NUDGED")
 
 
 class Subscription:
@@ -53,7 +55,7 @@ class Subscription:
     once anything was published. Long-polls use watches.
     """
 
-    __slots__ = ("_bytes", "_queue", "_waiter", "changed", "closed", "lagged", "topic")
+    __slots__ = ("_bytes", "_queue", "_waiter", "changed", "closed", "lagged", "nudged", "topic")
 
     def __init__(self, topic: Topic, queue: bool) -> None:
         self.topic = topic
@@ -63,6 +65,7 @@ class Subscription:
         self.lagged = False
         self.closed = False
         self.changed = False
+        self.nudged = False
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -86,6 +89,10 @@ class Subscription:
         self.closed = True
         self._wake()
 
+    def _nudge(self) -> None:
+        self.nudged = self.changed = True
+        self._wake()
+
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -94,11 +101,15 @@ class Subscription:
             self._waiter = None
 
     async def get(self) -> HubEvent | _Signal:
-        """The next event, or :data:`LAGGED` / :data:`CLOSED`."""
+        """The next event, or :data:`LAGGED` / :data:`CLOSED` / :data:`NUDGED`."""
         queue = self._queue
         assert queue is not None, "a watch has no queue"
-        while not queue and not self.lagged and not self.closed:
+        while not queue and not self.lagged and not self.closed and not self.nudged:
             await self._wait()
+        if self.nudged:
+            self.nudged = False
+            if not queue and not self.lagged and not self.closed:
+                return NUDGED
         if self.lagged:
             self.lagged = False
             return LAGGED
@@ -161,6 +172,13 @@ class Hub:
     def close_topic(self, topic: Topic) -> None:
         for subscription in self._topics.get(topic, ()):
             subscription._close()
+
+    def nudge(self, topic: Topic) -> None:
+        for subscription in self._topics.get(topic, ()):
+            subscription._nudge()
+
+    def topics(self) -> list[Topic]:
+        return list(self._topics)
 
     def close_all(self) -> None:
         for members in self._topics.values():

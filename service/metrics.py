@@ -107,6 +107,27 @@ class Metrics:
             "1 while the store answers the periodic health check, else 0.",
             registry=registry,
         )
+        self.forwards = Counter(
+            "aos_forwarded_requests",
+            "Requests for namespaces owned by another node, by outcome: forwarded, "
+            "served-here (the owner was unreachable), failed (502/504).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.cluster_members = Gauge(
+            "aos_cluster_members",
+            "Members in this node's ring (itself included).",
+            registry=registry,
+        )
+        self.owned_shards = Gauge(
+            "aos_owned_shards",
+            "Shards (of 1024) this node owns in its ring.",
+            registry=registry,
+        )
+        self.forwards_of = _Children(self.forwards)
         self.request_duration_of = _Children(self.request_duration)
         self.jobs_of = _Children(self.jobs)
         self.events_of = _Children(self.events)
+
+    def forwarded(self, outcome: str) -> None:
+        self.forwards_of(outcome).inc()

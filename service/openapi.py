@@ -986,10 +986,41 @@ def build_openapi() -> dict[str, Any]:
             "get": {
                 "operationId": "readyz",
                 "summary": "Readiness: the store answers",
+                "description": "Also a short summary of this node's ring under `cluster`: "
+                "`node`, `ring` (a digest: equal on nodes that agree), `members`, "
+                "`ownedShards` (of 1024), `settled`.",
                 "security": [],
                 "responses": {
                     "200": _json({"type": "object"}, "Ready"),
                     "503": _problem("The store does not answer"),
+                },
+            }
+        },
+        "/api/v1/cluster": {
+            "get": {
+                "operationId": "getCluster",
+                "summary": "This node's view of the cluster (root admin token)",
+                "description": "The ring digest, this node's owned shards, and every "
+                "member it knows: URL, weight, source (self, static, dns, announced, "
+                "gossip), state (up or down), shards owned, and its last health check.",
+                "responses": {
+                    "200": _json({"type": "object"}, "The cluster as this node sees it"),
+                    "401": _problem("No valid credentials"),
+                    "403": _problem("Not the root admin token"),
+                },
+            }
+        },
+        "/internal/v1/cluster/ping": {
+            "get": {
+                "operationId": "clusterPing",
+                "summary": "Health check between the members of a cluster",
+                "description": "With `AOS_CLUSTER_SECRET` set, callers must send it in "
+                "`X-AOS-Cluster-Auth`; they may announce themselves with `X-AOS-Node` and "
+                "`X-AOS-Node-URL`, and learn the members.",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object"}, "This node's id, URL, weight and ring"),
+                    "403": _problem("The cluster secret is missing or wrong"),
                 },
             }
         },

@@ -61,6 +61,8 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "range-not-satisfiable": (416, "Range not satisfiable"),
     "validation-failed": (422, "Request is not valid"),
     "store-unavailable": (503, "Store unavailable"),
+    "owner-failed": (502, "The node that owns the namespace failed"),
+    "owner-timeout": (504, "The node that owns the namespace did not answer in time"),
     "internal-error": (500, "Internal error"),
     "data-corrupt": (500, "Stored data failed its integrity check"),
 }

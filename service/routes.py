@@ -40,6 +40,8 @@ OTHER_ROUTES: list[tuple[str, dict[str, Handler]]] = [
     (f"{_NS}/deliveries/replay", {"POST": webhook_api.replay_deliveries}),
     ("/healthz", {"GET": api.healthz}),
     ("/readyz", {"GET": api.readyz}),
+    ("/api/v1/cluster", {"GET": api.cluster_view}),
+    ("/internal/v1/cluster/ping", {"GET": api.cluster_ping}),
     ("/metrics", {"GET": api.metrics}),
     ("/openapi.json", {"GET": api.openapi}),
 ]

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
+from sharding import Member
+from sharding.membership import check_url, parse_dns, parse_peers
 from storage_adapters import ConfigurationError
 
 from .durations import parse_duration
@@ -103,6 +105,25 @@ def _networks(raw: str) -> tuple[str, ...]:
 
 def _optional_secret(raw: str) -> Secret | None:
     return Secret(raw) if raw else None
+
+
+def _peers(raw: str) -> tuple[Member, ...]:
+    return tuple(parse_peers(raw))
+
+
+def _dns(raw: str) -> tuple[str, int] | None:
+    return parse_dns(raw) if raw.strip() else None
+
+
+def _url(raw: str) -> str | None:
+    return check_url(raw.strip().rstrip("/")) if raw.strip() else None
+
+
+def _weight(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 100:
+        raise ValueError("must be a number above 0 and at most 100")
+    return value
 
 
 def _env(name: str, parse: Callable[[str], T]) -> dict[str, Any]:
@@ -216,7 +237,45 @@ class Settings:
         default=(), metadata=_env("AOS_WEBHOOK_ALLOW_NETWORKS", _networks)
     )
 
+    # -- cluster (docs/scaling.md) ---------------------------------------------
+    #: every member, this node included: ``id=http://host:port,…``
+    peers: tuple[Member, ...] = field(default=(), metadata=_env("AOS_PEERS", _peers))
+    #: members from DNS: ``host:port`` of a headless service
+    peers_dns: tuple[str, int] | None = field(default=None, metadata=_env("AOS_PEERS_DNS", _dns))
+    #: the URL peers reach this node at (default: its AOS_PEERS entry, else host and port)
+    node_url: str | None = field(default=None, metadata=_env("AOS_NODE_URL", _url))
+    #: this node's share of the shards, relative to the others
+    node_weight: float = field(default=1.0, metadata=_env("AOS_NODE_WEIGHT", _weight))
+    #: shared by the members: authenticates pings and forwarded requests, lets nodes join
+    cluster_secret: Secret | None = field(
+        default=None, metadata=_env("AOS_CLUSTER_SECRET", _optional_secret)
+    )
+    cluster_check_interval: float = field(
+        default=1.0, metadata=_env("AOS_CLUSTER_CHECK_INTERVAL", _seconds)
+    )
+    #: a member is down after this many failed checks in a row, up after ``rise`` good ones
+    cluster_fall: int = field(default=3, metadata=_env("AOS_CLUSTER_FALL", _positive_int))
+    cluster_rise: int = field(default=2, metadata=_env("AOS_CLUSTER_RISE", _positive_int))
+    cluster_vnodes: int = field(default=256, metadata=_env("AOS_CLUSTER_VNODES", _positive_int))
+    #: streams that may miss live events (not the owner, ring just changed) re-read this often
+    cluster_recheck: float = field(default=1.0, metadata=_env("AOS_CLUSTER_RECHECK", _seconds))
+    forward_connect_timeout: float = field(
+        default=2.0, metadata=_env("AOS_FORWARD_CONNECT_TIMEOUT", _seconds)
+    )
+    #: longest wait for bytes from the owner (above the 60 s long-poll and the heartbeat)
+    forward_timeout: float = field(default=90.0, metadata=_env("AOS_FORWARD_TIMEOUT", _seconds))
+
     def __post_init__(self) -> None:
+        if self.peers and self.node_id not in {m.id for m in self.peers}:
+            raise ConfigurationError(
+                f"AOS_PEERS does not list this node: add {self.node_id}=http://host:port "
+                "(AOS_NODE_ID names this node)"
+            )
+        if self.forward_timeout <= max(60.0, self.sse_heartbeat):
+            raise ConfigurationError(
+                f"AOS_FORWARD_TIMEOUT={self.forward_timeout:g}: must exceed the 60 s "
+                f"long-poll and AOS_SSE_HEARTBEAT ({self.sse_heartbeat:g} s)"
+            )
         for name, value in (
             ("AOS_MAX_CHUNK_BYTES", self.max_chunk_bytes),
             ("AOS_UPLOAD_CHUNK_BYTES", self.upload_chunk_bytes),
@@ -231,6 +290,18 @@ class Settings:
     def largest_chunk(self) -> int:
         """The largest chunk the service stores, appended or uploaded."""
         return max(self.max_chunk_bytes, self.upload_chunk_bytes)
+
+    @property
+    def advertised_url(self) -> str:
+        """The URL peers reach this node at."""
+        if self.node_url:
+            return self.node_url
+        for member in self.peers:
+            if member.id == self.node_id:
+                return member.url
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -14,12 +14,12 @@ goes on with the first entry it still has.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from storage_adapters import JobRecord
 
-from .hub import CLOSED, LAGGED, Hub, HubEvent
+from .hub import CLOSED, LAGGED, NUDGED, Hub, HubEvent, Subscription, _Signal
 from .jobs import JobService
 from .metrics import Metrics
 from .views import (
@@ -31,7 +31,31 @@ from .views import (
     terminal_status,
 )
 
-__all__ = ["StreamPlan", "job_stream", "wait_for_change"]
+__all__ = ["Recheck", "StreamPlan", "job_stream", "wait_for_change"]
+
+#: how often a consumer of a namespace re-reads the store although the hub is
+#: quiet (``None``: never, the hub sees every change). In a cluster, a node that
+#: does not own the namespace, or whose ring just changed, may miss changes
+#: another node committed; it re-reads the store at this interval instead.
+Recheck = Callable[[str], float | None]
+
+
+def _never(namespace: str) -> float | None:
+    return None
+
+
+#: a wait that ran out: re-read the store
+_TIMED_OUT = _Signal("TIMED_OUT")
+
+
+async def _next(subscription: Subscription, within: float | None) -> HubEvent | _Signal:
+    if within is None:
+        return await subscription.get()
+    try:
+        async with asyncio.timeout(within):
+            return await subscription.get()
+    except TimeoutError:
+        return _TIMED_OUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +67,12 @@ class StreamPlan:
 
 
 async def job_stream(
-    jobs: JobService, hub: Hub, metrics: Metrics, job: JobRecord, plan: StreamPlan
+    jobs: JobService,
+    hub: Hub,
+    metrics: Metrics,
+    job: JobRecord,
+    plan: StreamPlan,
+    recheck: Recheck = _never,
 ) -> AsyncIterator[bytes]:
     """SSE frames of ``job`` after the plan's cursor, live until the job ends."""
     namespace, job_id = job.namespace, job.job_id
@@ -78,10 +107,15 @@ async def job_stream(
             return
 
         while True:
-            item = await subscription.get()
+            item = await _next(subscription, recheck(namespace))
             if item is CLOSED:
                 return
-            if item is LAGGED or (isinstance(item, HubEvent) and item.seq > cursor + 1):
+            if (
+                item is LAGGED
+                or item is NUDGED
+                or item is _TIMED_OUT
+                or (isinstance(item, HubEvent) and item.seq > cursor + 1)
+            ):
                 if item is LAGGED:
                     metrics.lagged.inc()
                 async for frame, ended in replay():
@@ -110,6 +144,7 @@ async def wait_for_change(
     job: JobRecord,
     if_none_match: str,
     wait: float,
+    recheck: Recheck = _never,
 ) -> JobRecord:
     """The job once its status ETag no longer matches ``if_none_match``, or after ``wait`` s."""
     watch = hub.subscribe((job.namespace, job.job_id), queue=False)
@@ -123,11 +158,15 @@ async def wait_for_change(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            interval = recheck(job.namespace)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(
+                    remaining if interval is None else min(interval, remaining)
+                ):
                     await watch.wait_changed()
             except TimeoutError:
-                break
+                if interval is None or interval >= remaining:
+                    break
             job = await jobs.get(job.namespace, job.job_id)
         return job
     finally:

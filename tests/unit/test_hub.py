@@ -2,7 +2,7 @@
 
 import asyncio
 
-from service.hub import CLOSED, LAGGED, Hub, HubEvent
+from service.hub import CLOSED, LAGGED, NUDGED, Hub, HubEvent
 
 
 def ev(seq: int, size: int = 10) -> HubEvent:
@@ -91,3 +91,23 @@ async def test_unsubscribe_forgets_topics_and_counts() -> None:
     assert not hub.has_subscribers(("ns", "j")) and hub.subscriber_count == 0
     assert counts == [1, 2, 1, 0]
     hub.publish(("ns", "j"), [ev(1)])  # nobody listening: nothing happens
+
+
+async def test_a_nudge_wakes_a_waiting_subscriber_once_and_never_hides_events() -> None:
+    hub = Hub()
+    sub = hub.subscribe(("ns", "j"))
+    watch = hub.subscribe(("ns", "j"), queue=False)
+    assert hub.topics() == [("ns", "j")]
+    waiter = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    hub.nudge(("ns", "j"))
+    assert await waiter is NUDGED
+    await asyncio.wait_for(watch.wait_changed(), 1)  # a long-poll re-reads too
+    hub.nudge(("ns", "j"))
+    hub.publish(("ns", "j"), [ev(1)])
+    got = await sub.get()  # the event, not the nudge: it is looked at anyway
+    assert isinstance(got, HubEvent) and got.seq == 1
+    waiter = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    waiter.cancel()
