@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import httpx
+import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +29,7 @@ from sharding import (
     OwnerUnreachable,
     RecordingReceive,
 )
+from sharding.http1 import PeerClient
 
 from .hub import Hub
 from .logs import log_event
@@ -69,15 +70,16 @@ def route_to_owner(request: Request, membership: Membership, namespace: str) -> 
         raise ForwardTo(owner)
 
 
-def build_membership(settings: Settings, client: httpx.AsyncClient) -> Membership:
+def build_membership(settings: Settings, client: PeerClient) -> Membership:
     """This node's membership, checking its peers with ``client``."""
     me = Member(settings.node_id, settings.advertised_url, settings.node_weight)
     timeout = max(settings.cluster_check_interval, 1.0)
 
     async def probe(url: str, headers: dict[str, str]) -> dict[str, Any]:
-        response = await client.get(url, headers=headers, timeout=timeout)
-        response.raise_for_status()
-        answer: dict[str, Any] = response.json()
+        status, body = await client.get_bytes(url, headers, within=timeout)
+        if status != 200:
+            raise ValueError(f"the ping answered {status}")
+        answer: dict[str, Any] = orjson.loads(body)
         return answer
 
     return Membership(

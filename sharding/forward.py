@@ -30,11 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import AsyncIterator
 
-import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from .http1 import Broken, PeerClient, PeerResponse, TimedOut, Unreachable
 from .ring import Member
 
 __all__ = [
@@ -63,6 +63,8 @@ _REQUEST_DROP = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"host",
+        b"content-length",  # sent again below when the body is not chunked
+        b"expect",  # the entry node answered any 100-continue itself
         b"x-request-id",
         b"x-aos-forwarded-by",
         b"x-aos-cluster-auth",
@@ -175,23 +177,22 @@ class Forwarder:
     ) -> None:
         self.node_id = node_id
         self.secret = secret
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
-            # No cap on connections: each forwarded stream or long-poll holds
-            # one for its lifetime (file descriptors are the limit); idle ones
-            # kept for reuse are capped.
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=max_idle_connections
-            ),
-            follow_redirects=False,
-            trust_env=False,
+        # No cap on connections: each forwarded stream or long-poll holds one
+        # for its lifetime (file descriptors are the limit); idle ones are capped.
+        self.client = PeerClient(
+            connect_timeout=connect_timeout,
+            read_timeout=timeout,
+            max_idle_per_peer=max_idle_connections,
         )
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
     def _headers(self, scope: Scope, request_id: str) -> list[tuple[bytes, bytes]]:
         headers = [(k, v) for k, v in scope["headers"] if k not in _REQUEST_DROP]
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                headers.append((name, value))
         headers.append((b"x-request-id", request_id.encode("ascii")))
         headers.append((FORWARDED_HEADER.encode(), self.node_id.encode()))
         if self.secret is not None:
@@ -208,13 +209,15 @@ class Forwarder:
     ) -> None:
         """Send the request to ``owner`` and its answer to the client, streaming."""
         method: str = scope["method"]
-        path = scope.get("raw_path") or scope["path"].encode()
+        target: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
-        url = owner.url + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        if query:
+            target += b"?" + query
         has_body = _has_body(scope)
+        chunked = has_body and not any(k == b"content-length" for k, _ in scope["headers"])
         streamed = False  # whether body parts past the recorded ones were sent
 
-        async def body() -> Any:
+        async def body() -> AsyncIterator[bytes]:
             nonlocal streamed
             if receive.parts:
                 yield b"".join(receive.parts)
@@ -231,56 +234,53 @@ class Forwarder:
 
         if receive.overflow:
             raise RuntimeError("cannot forward: the body read so far was not kept")
-        request = self.client.build_request(
-            method,
-            url,
-            headers=self._headers(scope, request_id),
-            content=body() if has_body else None,
-        )
         try:
-            response = await self.client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            response = await self.client.request(
+                owner.url,
+                method,
+                target,
+                self._headers(scope, request_id),
+                body() if has_body else None,
+                chunked=chunked,
+            )
+        except Unreachable as exc:
             if streamed:
                 raise ForwardFailed(502, f"the owner node {owner.id} failed: {exc}") from None
             raise OwnerUnreachable(f"{owner.id}: {exc}") from None
-        except httpx.TimeoutException:
+        except TimedOut:
             raise ForwardFailed(504, f"the owner node {owner.id} did not answer in time") from None
         except _ClientGone:
             return
-        except httpx.HTTPError as exc:
+        except Broken as exc:
             if method in _SAFE_METHODS:
                 raise OwnerUnreachable(f"{owner.id}: {exc}") from None
             raise ForwardFailed(
                 502,
-                f"the owner node {owner.id} failed during the request ({type(exc).__name__}); "
+                f"the owner node {owner.id} failed during the request ({exc}); "
                 "it may or may not have taken effect: retry it",
             ) from None
         try:
             await self._relay(response, receive, send, watch=not has_body, owner=owner)
         finally:
-            await response.aclose()
+            response.release()
 
     async def _relay(
         self,
-        response: httpx.Response,
+        response: PeerResponse,
         receive: RecordingReceive,
         send: Send,
         *,
         watch: bool,
         owner: Member,
     ) -> None:
-        headers = [
-            (k.lower(), v) for k, v in response.headers.raw if k.lower() not in _RESPONSE_DROP
-        ]
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
+        headers = [(k, v) for k, v in response.headers if k not in _RESPONSE_DROP]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
         async def pump() -> None:
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.chunks():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError as exc:
+            except (Broken, TimedOut) as exc:
                 logger.warning(
                     "cluster.forward_broken",
                     extra={"fields": {"node": owner.id, "detail": f"{type(exc).__name__}: {exc}"}},
