@@ -134,7 +134,8 @@ class ClusterLayer:
         self.max_recorded = max_recorded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or len(self.membership.ring) == 1:
+            # alone in its ring, a node owns every namespace: nothing to forward
             await self.app(scope, receive, send)
             return
         forwarded_by = auth = None
@@ -147,9 +148,6 @@ class ClusterLayer:
             auth.decode("latin-1") if auth is not None else None
         ):
             scope[SERVE_HERE] = True
-            await self.app(scope, receive, send)
-            return
-        if len(self.membership.ring) == 1:
             await self.app(scope, receive, send)
             return
         recorder = RecordingReceive(receive, self.max_recorded)

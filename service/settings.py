@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from sharding import Member
 from sharding.membership import check_url, parse_dns, parse_peers
+from sharding.ring import MAX_WEIGHT
 from storage_adapters import ConfigurationError
 
 from .durations import parse_duration
@@ -121,8 +122,8 @@ def _url(raw: str) -> str | None:
 
 def _weight(raw: str) -> float:
     value = float(raw)
-    if not 0 < value <= 100:
-        raise ValueError("must be a number above 0 and at most 100")
+    if not 0 < value <= MAX_WEIGHT:  # NaN fails too
+        raise ValueError(f"must be a number above 0 and at most {MAX_WEIGHT:g}")
     return value
 
 

@@ -17,14 +17,13 @@ after the request may have been sent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httptools
+
+from webhooks.client import Connection, IdlePool
 
 __all__ = ["Broken", "PeerClient", "PeerResponse", "TimedOut", "Unreachable"]
 
@@ -41,24 +40,6 @@ class Broken(Exception):
 
 class TimedOut(Exception):
     """The peer sent nothing for the read timeout."""
-
-
-@dataclass(slots=True, eq=False)
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    idle_since: float = field(default_factory=time.monotonic)
-
-    def usable(self, idle_timeout: float) -> bool:
-        return (
-            not self.writer.is_closing()
-            and not self.reader.at_eof()
-            and time.monotonic() - self.idle_since < idle_timeout
-        )
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
 
 
 class _Parsed:
@@ -97,7 +78,7 @@ class PeerResponse:
         self,
         client: PeerClient,
         origin: str,
-        conn: _Connection,
+        conn: Connection,
         parser: httptools.HttpResponseParser,
         parsed: _Parsed,
         *,
@@ -105,7 +86,7 @@ class PeerResponse:
     ) -> None:
         self._client = client
         self._origin = origin
-        self._conn: _Connection | None = conn
+        self._conn: Connection | None = conn
         self._parser = parser
         self._parsed = parsed
         self.status: int = parser.get_status_code()
@@ -150,7 +131,7 @@ class PeerResponse:
             return
         reusable = self._parsed.complete and not self._bodyless and self._parsed.keep_alive
         if reusable:
-            self._client._keep(self._origin, conn)
+            self._client._idle.keep(self._origin, conn)
         else:
             conn.close()
 
@@ -166,9 +147,7 @@ class PeerClient:
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.max_idle = max_idle_per_peer
-        self.idle_timeout = idle_timeout
-        self._idle: dict[str, list[_Connection]] = {}
+        self._idle: IdlePool[str] = IdlePool(max_idle_per_peer, idle_timeout)
         self._addresses: dict[str, tuple[str, int, bytes]] = {}
 
     def _address(self, origin: str) -> tuple[str, int, bytes]:
@@ -203,7 +182,7 @@ class PeerClient:
             lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
-        conn = self._take_idle(origin)
+        conn = self._idle.take(origin)
         if conn is not None and body is None:
             try:
                 return await self._exchange(origin, conn, head, None, False, method)
@@ -216,14 +195,12 @@ class PeerClient:
                 reader, writer = await asyncio.open_connection(host, port, limit=_READ)
         except (OSError, TimeoutError) as exc:
             raise Unreachable(f"{origin}: {type(exc).__name__}: {exc}") from None
-        return await self._exchange(
-            origin, _Connection(reader, writer), head, body, chunked, method
-        )
+        return await self._exchange(origin, Connection(reader, writer), head, body, chunked, method)
 
     async def _exchange(
         self,
         origin: str,
-        conn: _Connection,
+        conn: Connection,
         head: bytes,
         body: AsyncIterator[bytes] | None,
         chunked: bool,
@@ -260,7 +237,7 @@ class PeerClient:
             raise
         return PeerResponse(self, origin, conn, parser, parsed, bodyless=method == "HEAD")
 
-    async def _read(self, conn: _Connection) -> bytes:
+    async def _read(self, conn: Connection) -> bytes:
         try:
             async with asyncio.timeout(self.read_timeout):
                 return await conn.reader.read(_READ)
@@ -286,25 +263,5 @@ class PeerClient:
             finally:
                 response.release()
 
-    def _take_idle(self, origin: str) -> _Connection | None:
-        pool = self._idle.get(origin)
-        while pool:
-            conn = pool.pop()
-            if conn.usable(self.idle_timeout):
-                return conn
-            conn.close()
-        return None
-
-    def _keep(self, origin: str, conn: _Connection) -> None:
-        pool = self._idle.setdefault(origin, [])
-        if len(pool) >= self.max_idle:
-            conn.close()
-            return
-        conn.idle_since = time.monotonic()
-        pool.append(conn)
-
     async def close(self) -> None:
-        for pool in self._idle.values():
-            for conn in pool:
-                conn.close()
-        self._idle.clear()
+        self._idle.close()

@@ -14,13 +14,16 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 from .ssrf import AddressGuard
 
-__all__ = ["HttpClient", "HttpError", "HttpResult", "Origin", "origin_of"]
+__all__ = ["Connection", "HttpClient", "HttpError", "HttpResult", "IdlePool", "Origin", "origin_of"]
+
+K = TypeVar("K", bound=Hashable)
 
 _MAX_HEAD = 64 * 1024
 _MAX_DRAIN = 1024 * 1024  # larger response bodies close the connection instead
@@ -79,7 +82,9 @@ class HttpResult:
 
 
 @dataclass(slots=True, eq=False)
-class _Connection:
+class Connection:
+    """One kept-alive HTTP/1.1 connection (also used by ``sharding.http1``)."""
+
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     idle_since: float = field(default_factory=time.monotonic)
@@ -97,6 +102,39 @@ class _Connection:
             self.writer.close()
 
 
+class IdlePool(Generic[K]):
+    """Idle kept-alive connections per origin: the newest is reused first, at
+    most ``max_idle`` are kept per origin, and none older than ``idle_timeout``."""
+
+    def __init__(self, max_idle: int, idle_timeout: float) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._idle: dict[K, list[Connection]] = {}
+
+    def take(self, origin: K) -> Connection | None:
+        pool = self._idle.get(origin)
+        while pool:
+            conn = pool.pop()
+            if conn.usable(self.idle_timeout):
+                return conn
+            conn.close()
+        return None
+
+    def keep(self, origin: K, conn: Connection) -> None:
+        pool = self._idle.setdefault(origin, [])
+        if len(pool) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        pool.append(conn)
+
+    def close(self) -> None:
+        for pool in self._idle.values():
+            for conn in pool:
+                conn.close()
+        self._idle.clear()
+
+
 class HttpClient:
     def __init__(
         self,
@@ -112,14 +150,12 @@ class HttpClient:
         self.guard = guard
         self.timeout = timeout
         self.max_body = max_body
-        self.max_idle = max_idle_per_origin
-        self.idle_timeout = idle_timeout
         self.user_agent = user_agent
         self.ssl_context = ssl_context or ssl.create_default_context()
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle: IdlePool[Origin] = IdlePool(max_idle_per_origin, idle_timeout)
         # Exchanges under way and their deadlines; one sweeper enforces them all,
         # which costs less than a timer per request.
-        self._deadlines: dict[_Connection, float] = {}
+        self._deadlines: dict[Connection, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._heads: dict[str, tuple[Origin, bytes]] = {}
 
@@ -148,7 +184,7 @@ class HttpClient:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep(), name="aos-webhooks-timeouts")
         deadline = time.monotonic() + self.timeout
-        conn = self._take_idle(origin)
+        conn = self._idle.take(origin)
         if conn is not None:
             try:
                 return await self._round_trip(origin, conn, request, deadline)
@@ -175,24 +211,7 @@ class HttpClient:
                     conn.timed_out = True
                     conn.writer.transport.abort()
 
-    def _take_idle(self, origin: Origin) -> _Connection | None:
-        pool = self._idle.get(origin)
-        while pool:
-            conn = pool.pop()
-            if conn.usable(self.idle_timeout):
-                return conn
-            conn.close()
-        return None
-
-    def _keep(self, origin: Origin, conn: _Connection) -> None:
-        pool = self._idle.setdefault(origin, [])
-        if len(pool) >= self.max_idle:
-            conn.close()
-            return
-        conn.idle_since = time.monotonic()
-        pool.append(conn)
-
-    async def _connect(self, origin: Origin) -> _Connection:
+    async def _connect(self, origin: Origin) -> Connection:
         addresses = await self.guard.resolve(origin.host, origin.port)
         last: Exception | None = None
         for address in addresses:
@@ -206,13 +225,13 @@ class HttpClient:
                     )
                 else:
                     reader, writer = await asyncio.open_connection(address, origin.port)
-                return _Connection(reader, writer)
+                return Connection(reader, writer)
             except (OSError, ssl.SSLError) as exc:
                 last = exc
         raise HttpError(f"cannot connect to {origin}: {last}") from last
 
     async def _round_trip(
-        self, origin: Origin, conn: _Connection, request: bytes, deadline: float
+        self, origin: Origin, conn: Connection, request: bytes, deadline: float
     ) -> HttpResult:
         self._deadlines[conn] = deadline
         try:
@@ -236,12 +255,12 @@ class HttpClient:
         finally:
             del self._deadlines[conn]
         if reusable and headers.get("connection", "").lower() != "close":
-            self._keep(origin, conn)
+            self._idle.keep(origin, conn)
         else:
             conn.close()
         return HttpResult(status, headers, body)
 
-    async def _read_head(self, conn: _Connection) -> tuple[int, dict[str, str]]:
+    async def _read_head(self, conn: Connection) -> tuple[int, dict[str, str]]:
         while True:
             try:
                 head = await conn.reader.readuntil(b"\r\n\r\n")
@@ -264,7 +283,7 @@ class HttpClient:
                 continue  # an interim response; the final one follows
             return status, headers
 
-    async def _read_body(self, conn: _Connection, headers: Mapping[str, str]) -> tuple[bytes, bool]:
+    async def _read_body(self, conn: Connection, headers: Mapping[str, str]) -> tuple[bytes, bool]:
         """The start of the body, and whether the connection can be reused."""
         if "chunked" in headers.get("transfer-encoding", "").lower():
             kept = bytearray()
@@ -298,10 +317,7 @@ class HttpClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        for pool in self._idle.values():
-            for conn in pool:
-                conn.close()
-        self._idle.clear()
+        self._idle.close()
 
 
 class _StaleConnection(Exception):

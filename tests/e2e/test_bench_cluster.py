@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from ..stores import require_server
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +44,7 @@ Values = dict[tuple[str, str, str], float | str]
 @pytest.fixture(scope="module")
 def results() -> tuple[Values, dict[tuple[str, str, str], str], str]:
     if shutil.which("curl") is None:
-        pytest.skip("the raw-download scenario needs curl")
+        require_server("curl is not installed (the raw-download scenario needs it)")
     done = subprocess.run(
         [sys.executable, "-m", "loadtests.bench_cluster", "--smoke", "--store", "sqlite"],
         cwd=ROOT,
