@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgresql,mysql]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,all]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,7 +29,7 @@ lint: venv
 
 # Real servers the suite runs against (scripts/testenv/<name>.sh), and the
 # benchmark peers its smoke run of `make bench` needs (loadtests/peers/<name>.sh).
-TEST_SERVERS ?= postgres mariadb
+TEST_SERVERS ?= postgres mariadb cassandra dynamodb ferretdb
 BENCH_PEERS ?= nchan centrifugo
 
 ## test: lint, start the test servers and benchmark peers, then the whole test suite
@@ -45,23 +45,26 @@ bench: venv
 	eval "$$env_lines"; \
 	$(BIN)/python -m loadtests.bench
 
-## bench-store: submit/append/status latency on SQLite, PostgreSQL and MySQL (docs/benchmarks.md)
+# Stores the per-store benchmarks run on (bench-store, bench-webhooks, bench-large-output).
+BENCH_STORES ?= sqlite,postgresql,mysql,cassandra,mongodb,dynamodb
+
+## bench-store: submit/append/status latency on every store (docs/benchmarks.md)
 bench-store: venv
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
-	$(BIN)/python -m loadtests.bench_store --stores sqlite,postgresql,mysql
+	$(BIN)/python -m loadtests.bench_store --stores $(BENCH_STORES)
 
 ## bench-webhooks: signed deliveries per second to a local receiver (docs/benchmarks.md)
 bench-webhooks: venv
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
-	$(BIN)/python -m loadtests.bench_webhooks --stores sqlite,postgresql,mysql
+	$(BIN)/python -m loadtests.bench_webhooks --stores $(BENCH_STORES)
 
 ## bench-large-output: a 10 GiB output in and out, next to nginx (docs/benchmarks.md)
 bench-large-output: venv
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
 	eval "$$env_lines"; \
-	$(BIN)/python -m loadtests.bench_large_output --size 10GiB --stores sqlite,postgresql,mysql
+	$(BIN)/python -m loadtests.bench_large_output --size 10GiB --stores $(BENCH_STORES)
 
 ## bench-cluster: forwarding overhead: the same requests to the owner node and through another node
 bench-cluster: venv

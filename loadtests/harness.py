@@ -8,12 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -122,49 +122,20 @@ class AosProcess:
         self.process = None
 
 
-_ADMIN_URLS = {"postgresql": "AOS_TEST_POSTGRES_URL", "mysql": "AOS_TEST_MYSQL_URL"}
-
-
 @asynccontextmanager
 async def database_url(store: str) -> AsyncIterator[str]:
-    """A new, empty database on the store's test server; dropped afterwards."""
-    variable = _ADMIN_URLS.get(store)
-    admin_url = os.environ.get(variable or "")
-    if not admin_url:
+    """A new, empty database (keyspace, table prefix) on the store's test server,
+    dropped afterwards: the test suite's own store factories (tests/stores.py).
+
+    Raises :class:`LookupError` when the server's URL is not in the environment.
+    """
+    from tests.stores import SERVERS, STORES, VARIABLES
+
+    variable = VARIABLES.get(store)
+    if store not in SERVERS or variable is None:
+        raise LookupError(f"no test server for {store!r}; known: {', '.join(sorted(SERVERS))}")
+    if not os.environ.get(variable):
         raise LookupError(f"no server for {store}: set {variable} (make test sets it)")
-    name = f"aos_bench_{os.getpid()}_{time.time_ns() % 10**9}"
-    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    if store == "postgresql":
-        import asyncpg
-
-        conn = await asyncpg.connect(admin_url)
-        await conn.execute(f"CREATE DATABASE {name}")
-        await conn.close()
-        try:
+    with tempfile.TemporaryDirectory() as scratch:
+        async with STORES[store](Path(scratch), empty=True) as url:
             yield url
-        finally:
-            conn = await asyncpg.connect(admin_url)
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await conn.close()
-    else:
-        import aiomysql
-
-        parts = urlsplit(admin_url)
-
-        async def execute(sql: str) -> None:
-            conn = await aiomysql.connect(
-                host=parts.hostname,
-                port=parts.port or 3306,
-                user=parts.username,
-                password=parts.password or "",
-                autocommit=True,
-            )
-            async with conn.cursor() as cur:
-                await cur.execute(sql)
-            conn.close()
-
-        await execute(f"CREATE DATABASE {name}")
-        try:
-            yield url
-        finally:
-            await execute(f"DROP DATABASE IF EXISTS {name}")

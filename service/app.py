@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from sharding import Forwarder, HashRing
-from storage_adapters import StorageAdapter, StoreUnavailable, adapter_for
+from storage_adapters import ConfigurationError, StorageAdapter, StoreUnavailable, adapter_for
 from webhooks.client import HttpClient
 from webhooks.drainer import Drainer, DrainerMetrics, DrainerSettings
 from webhooks.ssrf import AddressGuard
@@ -102,6 +102,12 @@ def create_app(
     """A ready-to-serve app; the store opens when the app starts (lifespan)."""
     if store is None:
         store = adapter_for(settings.storage_url, pool_size=settings.store_pool_size)
+    if store.max_chunk_bytes is not None and settings.largest_chunk > store.max_chunk_bytes:
+        raise ConfigurationError(
+            f"the {store.url.scheme} store writes chunks of at most {store.max_chunk_bytes} "
+            f"bytes; lower AOS_MAX_CHUNK_BYTES and AOS_UPLOAD_CHUNK_BYTES "
+            f"(now {settings.max_chunk_bytes} and {settings.upload_chunk_bytes})"
+        )
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     hub = Hub(
         max_events=settings.subscriber_queue_events,

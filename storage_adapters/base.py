@@ -155,6 +155,10 @@ class StorageAdapter(abc.ABC):
     schemes: ClassVar[tuple[str, ...]]
     #: abilities beyond the contract
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: the largest chunk (bytes as stored) one write can carry; ``None``: no limit
+    #: beyond the service's own (the service refuses to start with larger
+    #: ``AOS_MAX_CHUNK_BYTES``/``AOS_UPLOAD_CHUNK_BYTES``)
+    max_chunk_bytes: ClassVar[int | None] = None
 
     def __init__(self, url: StoreURL, *, pool_size: int = 10) -> None:
         """``pool_size``: connections at most, for stores that pool them (a URL

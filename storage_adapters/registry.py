@@ -25,6 +25,9 @@ ADAPTERS: dict[str, _Entry] = {
     "postgres": _Entry("storage_adapters.postgresql:PostgreSQLAdapter", "postgresql", "asyncpg"),
     "mysql": _Entry("storage_adapters.mysql:MySQLAdapter", "mysql", "aiomysql"),
     "mariadb": _Entry("storage_adapters.mysql:MySQLAdapter", "mysql", "aiomysql"),
+    "cassandra": _Entry("storage_adapters.cassandra:CassandraAdapter", "cassandra", "cassandra"),
+    "mongodb": _Entry("storage_adapters.mongodb:MongoDBAdapter", "mongodb", "pymongo"),
+    "dynamodb": _Entry("storage_adapters.dynamodb:DynamoDBAdapter", "dynamodb", "aioboto3"),
 }
 
 

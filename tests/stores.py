@@ -58,7 +58,7 @@ def server_url(variable: str, what: str) -> str:
     if not url:
         require_server(
             f"{variable} is not set: start {what} with `make test` or "
-            f"scripts/testenv/ (see scripts/testenv/README-sql.md)"
+            f"scripts/testenv/up (see scripts/testenv/README-*.md)"
         )
     assert url is not None
     return url
@@ -176,15 +176,64 @@ async def execute_sql(url: str, statements: list[tuple[str, tuple[object, ...]]]
             conn.close()
 
 
+def unique_name() -> str:
+    """A database, keyspace or table prefix of its own for one test."""
+    return f"aos_test_{os.getpid()}_{next(_databases)}"
+
+
+from . import stores_cassandra, stores_dynamodb, stores_mongodb  # noqa: E402
+from .stores_cassandra import cassandra  # noqa: E402
+from .stores_dynamodb import dynamodb  # noqa: E402
+from .stores_mongodb import mongodb  # noqa: E402
+
 STORES: dict[str, StoreURLFactory] = {
     "memory": memory,
     "sqlite": sqlite,
     "postgresql": postgresql,
     "mysql": mysql,
+    "cassandra": cassandra,
+    "mongodb": mongodb,
+    "dynamodb": dynamodb,
 }
 
 #: stores behind a server of their own, with the script that starts and stops it
 SERVERS: dict[str, str] = {
     "postgresql": "scripts/testenv/postgres.sh",
     "mysql": "scripts/testenv/mariadb.sh",
+    "cassandra": "scripts/testenv/cassandra.sh",
+    "mongodb": "scripts/testenv/ferretdb.sh",
+    "dynamodb": "scripts/testenv/dynamodb.sh",
 }
+
+#: the environment variable that holds each server store's URL (scripts/testenv/up sets it)
+VARIABLES: dict[str, str] = {
+    "postgresql": "AOS_TEST_POSTGRES_URL",
+    "mysql": "AOS_TEST_MYSQL_URL",
+    "cassandra": "AOS_TEST_CASSANDRA_URL",
+    "mongodb": "AOS_TEST_MONGODB_URL",
+    "dynamodb": "AOS_TEST_DYNAMODB_URL",
+}
+
+#: stores that keep data across a restart of the service
+DURABLE = sorted(set(STORES) - {"memory"})
+
+_NOSQL = {"cassandra": stores_cassandra, "mongodb": stores_mongodb, "dynamodb": stores_dynamodb}
+
+
+async def overwrite_event_data(
+    url: str, namespace: str, job_id: str, seq: int, data: bytes
+) -> None:
+    """Replace the stored bytes of one log entry behind the adapter's back (bit rot)."""
+    scheme = url.partition(":")[0]
+    if scheme in _NOSQL:
+        await _NOSQL[scheme].overwrite_event_data(url, namespace, job_id, seq, data)
+        return
+    await execute_sql(
+        url,
+        [
+            (
+                "UPDATE events SET data = ? WHERE namespace = ? AND job_id = ? AND seq = ?",
+                (data, namespace, job_id, seq),
+            )
+        ],
+    )

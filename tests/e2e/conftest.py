@@ -7,9 +7,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..stores import DURABLE, STORES
 from ..support import Server, Tenant
 
 _names = itertools.count()
+
+
+@pytest.fixture(params=DURABLE)
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty store of each durable kind (the e2e tests that take it run once per store)."""
+    async with STORES[request.param](tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..stores import STORES
 from ..support import Server, Tenant
 
 TOTAL = 1 << 30
@@ -60,12 +59,6 @@ class RSSSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with STORES[request.param](tmp_path) as url:
-        yield url
 
 
 @pytest.fixture

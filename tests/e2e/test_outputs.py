@@ -24,10 +24,9 @@ import zstandard
 
 from storage_adapters import StorageAdapter, adapter_for
 
-from ..stores import STORES, execute_sql
+from ..stores import overwrite_event_data
 from ..support import Server, Tenant, sse_events
 
-DURABLE = ["sqlite", "postgresql", "mysql"]
 CHUNK = 64 * 1024
 ENV = {
     "AOS_UPLOAD_CHUNK_BYTES": str(CHUNK),
@@ -36,12 +35,6 @@ ENV = {
 }
 # Multi-byte characters land on chunk boundaries; the text compresses well.
 TEXT = "".join(f"{i:07d} héllo wörld ✓ — output line\n" for i in range(12_000)).encode()
-
-
-@pytest.fixture(params=DURABLE)
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with STORES[request.param](tmp_path) as url:
-        yield url
 
 
 @pytest.fixture
@@ -329,15 +322,7 @@ async def test_damaged_output_is_an_error_never_wrong_bytes(
     assert len(chunks) == 6
 
     async def damage(seq: int, data: bytes) -> None:
-        await execute_sql(
-            store_url,
-            [
-                (
-                    "UPDATE events SET data = ? WHERE namespace = ? AND job_id = ? AND seq = ?",
-                    (data, "out", "rot", seq),
-                )
-            ],
-        )
+        await overwrite_event_data(store_url, "out", "rot", seq, data)
 
     def flipped(data: bytes) -> bytes:
         out = bytearray(data)
@@ -368,15 +353,7 @@ async def test_damaged_output_is_an_error_never_wrong_bytes(
     assert (await upload(tenant, "noise", noise, "application/octet-stream")).status_code == 201
     stored = await store.read_chunks("out", "noise", 1, -1, 100)
     assert [c.codec for c in stored] == [""] * 4
-    await execute_sql(
-        store_url,
-        [
-            (
-                "UPDATE events SET data = ? WHERE namespace = ? AND job_id = ? AND seq = ?",
-                (flipped(stored[2].data), "out", "noise", stored[2].seq),
-            )
-        ],
-    )
+    await overwrite_event_data(store_url, "out", "noise", stored[2].seq, flipped(stored[2].data))
     with pytest.raises(httpx.RemoteProtocolError):
         await raw(tenant, "noise")
     assert (await raw(tenant, "noise", Range=f"bytes={2 * CHUNK}-")).status_code == 500

@@ -128,3 +128,15 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 def test_bad_sqlite_urls(url: str) -> None:
     with pytest.raises(ConfigurationError):
         adapter_for(url)
+
+
+def test_a_store_that_writes_smaller_chunks_refuses_larger_chunk_settings() -> None:
+    from service.app import create_app
+    from storage_adapters import ConfigurationError, adapter_for
+
+    store = adapter_for("dynamodb://127.0.0.1:1/aos?region=us-east-1")
+    assert store.max_chunk_bytes == 3 * 1024 * 1024
+    too_big = Settings.from_env({"AOS_UPLOAD_CHUNK_BYTES": "4MiB"})
+    with pytest.raises(ConfigurationError, match="AOS_MAX_CHUNK_BYTES and AOS_UPLOAD_CHUNK_BYTES"):
+        create_app(too_big, store=store)
+    create_app(Settings.from_env({"AOS_UPLOAD_CHUNK_BYTES": "3MiB"}), store=store)
