@@ -31,12 +31,16 @@ lint: venv
 # benchmark peers its smoke run of `make bench` needs (loadtests/peers/<name>.sh).
 TEST_SERVERS ?= postgres mariadb cassandra dynamodb ferretdb
 BENCH_PEERS ?= nchan centrifugo
+# Tools the deployment tests drive (scripts/testenv/<name>.sh; tests/deploy).
+TEST_TOOLS ?= helm kustomize prometheus-operator-crds
 
-## test: lint, start the test servers and benchmark peers, then the whole test suite
+## test: lint, start the test servers and benchmark peers, install helm and kustomize, then the whole test suite
 test: venv lint
 	@for peer in $(BENCH_PEERS); do loadtests/peers/$$peer.sh start || exit 1; done
 	@env_lines="$$(scripts/testenv/up $(TEST_SERVERS))" || exit 1; \
+	tool_lines="$$(scripts/testenv/tools $(TEST_TOOLS))" || exit 1; \
 	eval "$$env_lines"; \
+	eval "$$tool_lines"; \
 	$(BIN)/pytest
 
 ## bench: AOS (SQLite, PostgreSQL) side by side with Nchan and Centrifugo (docs/benchmarks.md)
