@@ -19,8 +19,11 @@ from .errors import (
     UnknownScheme,
 )
 from .records import (
+    KEY_MUTABLE_FIELDS,
     TERMINAL_STATUSES,
     AttemptRecord,
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     DeliveryState,
@@ -39,10 +42,13 @@ from .records import (
 from .registry import adapter_for, supported_schemes
 
 __all__ = [
+    "KEY_MUTABLE_FIELDS",
     "TERMINAL_STATUSES",
     "AOSError",
     "AlreadyExists",
     "AttemptRecord",
+    "AuditQuery",
+    "AuditRecord",
     "Capability",
     "ConfigurationError",
     "Conflict",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,6 +34,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigurationError, StoreError, StoreUnavailable
 from .records import (
+    KEY_MUTABLE_FIELDS,
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     DeliveryState,
@@ -222,6 +226,62 @@ class StorageAdapter(abc.ABC):
     async def get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         with self._translated():
             return await self._get_key(namespace, key_id)
+
+    async def list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        """Namespaces in name order, those after ``after`` (exclusive), at most ``limit``."""
+        with self._translated():
+            return await self._list_namespaces(after, limit)
+
+    async def list_keys(self, namespace: str) -> list[KeyRecord]:
+        """Every key of a namespace, revoked and expired ones too, in key id order."""
+        with self._translated():
+            return await self._list_keys(namespace)
+
+    async def update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        """Set some of a key's :data:`KEY_MUTABLE_FIELDS`, leaving the others as
+        they are (a concurrent update of another field is not lost). ``False``
+        when there is no such key — and then nothing is written."""
+        unknown = set(changes) - KEY_MUTABLE_FIELDS
+        if unknown or not changes:
+            raise ValueError(f"update_key changes {sorted(unknown) or 'nothing'}")
+        with self._translated():
+            return await self._update_key(namespace, key_id, changes)
+
+    async def namespace_usage(self, namespace: str) -> tuple[int, int]:
+        """``(jobs, stored bytes)`` of a namespace: every job not yet purged and
+        the bytes of its output as stored. A scan of the namespace's jobs."""
+        jobs = stored = 0
+        query = JobQuery(limit=500, descending=False)
+        while True:
+            page = await self.list_jobs(namespace, query)
+            jobs += len(page)
+            stored += sum(v.stored_size for job in page for v in job.versions)
+            if len(page) < query.limit:
+                return jobs, stored
+            query = dataclasses.replace(query, after=(page[-1].created_at, page[-1].job_id))
+
+    # -- audit log ---------------------------------------------------------
+
+    async def append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        """Store audit entries (of any namespaces). Appending an entry whose id
+        is already stored again is harmless (a retried batch)."""
+        if entries:
+            with self._translated():
+                await self._append_audit(entries)
+
+    async def list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        """A page of a namespace's audit log, newest (largest id) first."""
+        with self._translated():
+            return await self._list_audit(namespace, query)
+
+    async def purge_audit(self, now: int, limit: int) -> int:
+        """Remove up to ``limit`` entries whose ``expires_at`` is at or before
+        ``now``; how many went. Stores that expire entries natively may remove
+        nothing here (``list_audit`` hides expired entries either way)."""
+        with self._translated():
+            return await self._purge_audit(now, limit)
 
     # -- jobs --------------------------------------------------------------
 
@@ -465,6 +525,26 @@ class StorageAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]: ...
+
+    @abc.abstractmethod
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool: ...
+
+    @abc.abstractmethod
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None: ...
+
+    @abc.abstractmethod
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]: ...
+
+    @abc.abstractmethod
+    async def _purge_audit(self, now: int, limit: int) -> int: ...
 
     @abc.abstractmethod
     async def _create_job(

@@ -27,6 +27,10 @@ index has. Entries are written BEFORE the LWT they describe (idempotent, keyed
 so a retry overwrites) and every reader validates them against the job
 partition; entries found stale for longer than ten minutes are deleted.
 
+The audit log is a table of its own partitioned by ``(namespace, day)``:
+entries are appended in unlogged single-partition batches, each ``USING TTL``
+until it expires, and the days a namespace has are rows of ``buckets``.
+
 Options in the URL query:
 
 * ``replication_factor`` — create the keyspace with ``SimpleStrategy`` and this
@@ -61,6 +65,7 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
+    Mapping,
     Sequence,
 )
 from dataclasses import dataclass
@@ -91,6 +96,7 @@ from cassandra.policies import (
 )
 from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
 from cassandra.query import (
+    UNSET_VALUE,
     BatchStatement,
     BatchType,
     PreparedStatement,
@@ -112,6 +118,8 @@ from .errors import (
     StoreUnavailable,
 )
 from .records import (
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     DeliveryState,
@@ -123,6 +131,8 @@ from .records import (
     KeyRecord,
     NamespaceRecord,
     OutboxStats,
+    audit_from_doc,
+    audit_to_doc,
     delivery_from_row,
     delivery_to_doc,
     dumps,
@@ -147,6 +157,14 @@ EXPIRY_BUCKET = 3600 * _SECOND
 SPREAD = 16
 #: how long an index entry may point at nothing before it is deleted
 GRACE = 600 * _SECOND
+#: the audit log is partitioned by namespace and day
+AUDIT_BUCKET = 86_400 * _SECOND
+#: seconds an audit entry is kept at least (one that arrives expired is hidden, not lost)
+AUDIT_MIN_TTL = 86_400
+#: Cassandra's largest TTL, in seconds (20 years)
+MAX_TTL = 630_720_000
+#: audit rows per single-partition batch
+AUDIT_BATCH = 100
 _HIGHEST = "\uffff"
 _OUTBOX_LWT = "UPDATE {ks}.jobs SET lease_owner = ?, lease_until = ? WHERE namespace = ? AND job_id = ? AND kind = 2 AND a = ? AND b = 0 AND c = ? IF state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?"  # noqa: E501
 
@@ -254,7 +272,28 @@ def _migrations(ks: str) -> list[tuple[int, list[str]]]:
                     hint,
                 ),
             ],
-        )
+        ),
+        (
+            2,
+            [
+                # ADD is not idempotent before 5.0: "already exists" is taken as done
+                f"ALTER TABLE {ks}.api_keys ADD (name text, expires_at bigint,"
+                " revoked_at bigint, last_used_at bigint)",
+                # list_keys: a few keys per namespace, read rarely (admin API)
+                f"CREATE INDEX IF NOT EXISTS api_keys_by_namespace ON {ks}.api_keys (namespace)",
+                _table(
+                    ks,
+                    "audit",
+                    "namespace text, day bigint, entry_id text, at bigint, expires_at bigint,"
+                    " doc blob, PRIMARY KEY ((namespace, day), entry_id)",
+                    # rows are only ever inserted, with a TTL: expired ones go whole
+                    # SSTables at a time, and tombstones need no long grace
+                    "CLUSTERING ORDER BY (entry_id DESC) AND gc_grace_seconds = 3600 AND"
+                    " compaction = {'class': 'TimeWindowCompactionStrategy',"
+                    " 'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}",
+                ),
+            ],
+        ),
     ]
 
 
@@ -270,6 +309,7 @@ _UNAVAILABLE = (
     IsBootstrappingErrorMessage,
 )
 
+_KEY_COLUMNS = "key_id, role, secret_hash, created_at, name, expires_at, revoked_at, last_used_at"
 _LOG_COLUMNS = "a, ev, at, version, idx, format, data, codec, digest, byte_offset, ref, parts"
 _DELIVERY_COLUMNS = (
     "namespace, c, job_id, shard, state, attempts, next_attempt_at, a, updated_at, "
@@ -294,6 +334,44 @@ def _delivery(row: Sequence[Any]) -> DeliveryRecord:
     if values[10] == 0:  # lease_until: 0 stands for "not leased"
         values[10] = None
     return delivery_from_row(values)
+
+
+def _key_record(namespace: str, row: Sequence[Any]) -> KeyRecord | None:
+    """A key from the values of ``_KEY_COLUMNS``; ``None`` for a row that only
+    an update wrote (no key was ever created there)."""
+    key_id, role, secret_hash, created_at, name, expires_at, revoked_at, last_used_at = row
+    if created_at is None or secret_hash is None:
+        return None
+    return KeyRecord(
+        namespace,
+        key_id,
+        role,
+        secret_hash,
+        created_at,
+        name=name,
+        expires_at=expires_at,
+        revoked_at=revoked_at,
+        last_used_at=last_used_at,
+    )
+
+
+def _id_time(entry_id: str | None) -> int | None:
+    """The time an audit entry id starts with (16 hex digits), if it does."""
+    head = (entry_id or "")[:16]
+    if len(head) == 16 and all(c in "0123456789abcdef" for c in head):
+        return int(head, 16)
+    return None
+
+
+def _audit_ttl(expires_at: int, now: int) -> int:
+    """Seconds an audit entry is kept: until it expires, and a day at least."""
+    seconds = -(-(expires_at - now) // _SECOND)
+    return min(max(seconds, AUDIT_MIN_TTL), MAX_TTL)
+
+
+def _audit_day(entry: AuditRecord) -> int:
+    at = _id_time(entry.entry_id)
+    return _bucket(entry.at if at is None else at, AUDIT_BUCKET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +440,8 @@ class CassandraAdapter(StorageAdapter):
         self._session: Session | None = None
         self._ps: dict[str, PreparedStatement] = {}
         self._seen_buckets: dict[tuple[str, int], float] = {}
+        #: audit day buckets written: (scope, day) -> (rewrite after, expiry written, µs)
+        self._audit_days: dict[tuple[str, int], tuple[float, int]] = {}
 
     @staticmethod
     def _level(name: str, option: str) -> int:
@@ -503,7 +583,7 @@ class CassandraAdapter(StorageAdapter):
                 continue
             if await self._claim_migration(version, me):
                 for statement in statements:
-                    await self._rows(statement)
+                    await self._ddl(statement)
                 await self._rows(
                     f"UPDATE {ks}.schema_migrations SET done = true "
                     "WHERE version = %s IF owner = %s",
@@ -514,6 +594,15 @@ class CassandraAdapter(StorageAdapter):
         await asyncio.to_thread(self._wait_for_schema_agreement)
         await self._prepare()
         return applied
+
+    async def _ddl(self, statement: str) -> None:
+        """One schema statement; an ``ALTER TABLE … ADD`` of columns that exist
+        (a migration taken over half-way) counts as done."""
+        try:
+            await self._rows(statement)
+        except InvalidRequest as exc:
+            if not (statement.startswith("ALTER TABLE") and "already exist" in str(exc)):
+                raise
 
     async def _migrations_done(self) -> list[Any]:
         """The rows of ``schema_migrations``, once the table is visible (another
@@ -582,10 +671,24 @@ class CassandraAdapter(StorageAdapter):
             "put_ns": f"INSERT INTO {ks}.namespaces (name, config, created_at, updated_at) "
             "VALUES (?, ?, ?, ?)",
             "get_ns": f"SELECT config, created_at, updated_at FROM {ks}.namespaces WHERE name = ?",
+            "all_ns": f"SELECT name FROM {ks}.namespaces",
             "put_key": f"INSERT INTO {ks}.api_keys (namespace, key_id, role, secret_hash, "
-            "created_at) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-            "get_key": f"SELECT role, secret_hash, created_at FROM {ks}.api_keys "
+            "created_at, name, expires_at, revoked_at, last_used_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            "get_key": f"SELECT {_KEY_COLUMNS} FROM {ks}.api_keys "
             "WHERE namespace = ? AND key_id = ?",
+            "list_keys": f"SELECT {_KEY_COLUMNS} FROM {ks}.api_keys WHERE namespace = ?",
+            "update_key": f"UPDATE {ks}.api_keys SET expires_at = ?, revoked_at = ?, "
+            "last_used_at = ? WHERE namespace = ? AND key_id = ?",
+            "update_key_if": f"UPDATE {ks}.api_keys SET expires_at = ?, revoked_at = ?, "
+            "last_used_at = ? WHERE namespace = ? AND key_id = ? IF EXISTS",
+            # the audit log
+            "put_audit": f"INSERT INTO {ks}.audit (namespace, day, entry_id, at, expires_at, "
+            "doc) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+            "audit": f"SELECT entry_id, at, expires_at, doc FROM {ks}.audit "
+            "WHERE namespace = ? AND day = ? AND entry_id >= ? AND entry_id < ? LIMIT ?",
+            "any_audit": f"SELECT entry_id FROM {ks}.audit WHERE namespace = ? AND day = ? LIMIT 1",
+            "put_bucket_ttl": f"INSERT INTO {ks}.buckets (scope, bucket) VALUES (?, ?) USING TTL ?",
             "put_endpoint": f"INSERT INTO {ks}.endpoints (namespace, url, disabled_at, reason) "
             "VALUES (?, ?, ?, ?)",
             "get_endpoint": f"SELECT disabled_at, reason FROM {ks}.endpoints "
@@ -875,10 +978,42 @@ class CassandraAdapter(StorageAdapter):
         config, created_at, updated_at = rows[0]
         return NamespaceRecord(name, loads(config), created_at, updated_at)
 
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        if limit < 1:
+            return []
+        # Token order is not name order: every name is read (names only, in pages),
+        # and the ``limit`` smallest past ``after`` are kept as they stream by.
+        picked: list[str] = []
+
+        def keep(row: Any) -> bool:
+            name: str = row[0]
+            if after is None or name > after:
+                picked.append(name)
+                if len(picked) > 2 * limit + 1000:
+                    picked.sort()
+                    del picked[limit:]
+            return False
+
+        await self._execute(self._ps["all_ns"], (), fetch_size=5000, keep=keep)
+        names = sorted(picked)[:limit]
+        found = await self._all(self._get_namespace(name) for name in names)
+        return [ns for ns in found if ns is not None]
+
     async def _create_key(self, key: KeyRecord) -> None:
         rows = await self._execute(
             self._ps["put_key"],
-            (key.namespace, key.key_id, key.role, key.secret_hash, key.created_at),
+            (
+                key.namespace,
+                key.key_id,
+                key.role,
+                key.secret_hash,
+                key.created_at,
+                # unset, not null: a null would write a tombstone per empty column
+                *(
+                    UNSET_VALUE if v is None else v
+                    for v in (key.name, key.expires_at, key.revoked_at, key.last_used_at)
+                ),
+            ),
             lwt=True,
         )
         if not rows[0]["[applied]"]:
@@ -886,10 +1021,126 @@ class CassandraAdapter(StorageAdapter):
 
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         rows = await self._run("get_key", namespace, key_id)
-        if not rows:
-            return None
-        role, secret_hash, created_at = rows[0]
-        return KeyRecord(namespace, key_id, role, secret_hash, created_at)
+        return _key_record(namespace, rows[0]) if rows else None
+
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]:
+        rows = await self._run("list_keys", namespace)
+        keys = (_key_record(namespace, row) for row in rows)
+        return sorted((k for k in keys if k is not None), key=lambda k: k.key_id)
+
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        values = [
+            changes.get(name, UNSET_VALUE) for name in ("expires_at", "revoked_at", "last_used_at")
+        ]
+        if set(changes) == {"last_used_at"}:
+            # Frequent (once a minute per key in use) and approximate: no Paxos
+            # round. Keys are never deleted, so once the read has seen the key,
+            # the plain update cannot create one.
+            if await self._get_key(namespace, key_id) is None:
+                return False
+            await self._run("update_key", *values, namespace, key_id)
+            return True
+        rows = await self._execute(
+            self._ps["update_key_if"], (*values, namespace, key_id), lwt=True
+        )
+        return bool(rows[0]["[applied]"])
+
+    # -- the audit log -------------------------------------------------------
+
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        now = _now()
+        days: dict[tuple[str, int], list[AuditRecord]] = {}
+        for entry in entries:
+            days.setdefault((entry.namespace, _audit_day(entry)), []).append(entry)
+
+        async def write(namespace: str, day: int, group: list[AuditRecord]) -> None:
+            ttls = [_audit_ttl(e.expires_at, now) for e in group]
+            # the day first: a reader never misses entries of a day it does not know
+            await self._put_audit_day(namespace, day, max(ttls) + AUDIT_MIN_TTL, now)
+            for start in range(0, len(group), AUDIT_BATCH):
+                batch = self._batch()
+                for e, ttl in zip(
+                    group[start : start + AUDIT_BATCH],
+                    ttls[start : start + AUDIT_BATCH],
+                    strict=True,
+                ):
+                    batch.add(
+                        self._ps["put_audit"],
+                        (
+                            namespace,
+                            day,
+                            e.entry_id,
+                            e.at,
+                            e.expires_at,
+                            dumps(audit_to_doc(e)),
+                            ttl,
+                        ),
+                    )
+                await self._execute(batch)
+
+        await self._all(write(ns, day, group) for (ns, day), group in days.items())
+
+    async def _put_audit_day(self, namespace: str, day: int, ttl: int, now: int) -> None:
+        """List ``day`` among the namespace's audit days, for at least ``ttl``
+        seconds (so the day outlives its entries)."""
+        key = (f"a/{namespace}", day)
+        until = now + min(ttl, MAX_TTL) * _SECOND
+        moment = time.monotonic()
+        refresh, written = self._audit_days.get(key, (0.0, 0))
+        if refresh > moment and written >= until:
+            return
+        await self._run("put_bucket_ttl", key[0], day, min(ttl, MAX_TTL))
+        if len(self._audit_days) > 50_000:
+            self._audit_days = {k: v for k, v in self._audit_days.items() if v[0] > moment}
+        # rewritten now and then, like the other buckets (a walk may have dropped it)
+        self._audit_days[key] = (moment + GRACE / _SECOND / 4, until)
+
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        if query.limit < 1:
+            return []
+        low_at, high_at = _id_time(query.min_id), _id_time(query.max_id)
+        low = _bucket(low_at, AUDIT_BUCKET) if low_at is not None else 0
+        high = _bucket(high_at, AUDIT_BUCKET) if high_at is not None else 2**62
+        floor = query.min_id or ""
+        ceiling = query.max_id if query.max_id is not None else _HIGHEST
+        if floor >= ceiling:
+            return []
+
+        async def fetch(day: int, position: tuple[Any, ...] | None, size: int) -> list[_Entry]:
+            upper = position[0] if position is not None else ceiling
+            rows = await self._run("audit", namespace, day, floor, upper, size)
+            return [
+                _Entry(
+                    (entry_id,),
+                    namespace,
+                    entry_id,
+                    at,
+                    0,
+                    (day, entry_id),
+                    (audit_from_doc(namespace, entry_id, at, expires_at, loads(doc)),),
+                )
+                for entry_id, at, expires_at, doc in rows
+            ]
+
+        async def empty(day: int) -> bool:
+            return not await self._run("any_audit", namespace, day)
+
+        found: list[AuditRecord] = []
+        size = min(max(query.limit, 10), 500)
+        walk = self._walk(f"a/{namespace}", low, high, True, fetch, None, size, empty)
+        async for entries in walk:
+            for entry in entries:
+                record: AuditRecord = entry.extra[0]
+                if query.alive_at is None or record.expires_at > query.alive_at:
+                    found.append(record)
+                    if len(found) == query.limit:
+                        return found
+        return found
+
+    async def _purge_audit(self, now: int, limit: int) -> int:
+        return 0  # every entry is written with a TTL: Cassandra removes it
 
     # -- jobs: writes ------------------------------------------------------
 
@@ -1373,11 +1624,16 @@ class CassandraAdapter(StorageAdapter):
     ) -> None:
         """Forget a bucket that has nothing left, long after it ended (``empty``:
         the check when the walk's query was bounded)."""
-        width = {"j": LIST_BUCKET, "t": LIST_BUCKET, "d": LIST_BUCKET, "x": EXPIRY_BUCKET}.get(
-            scope[0], DUE_BUCKET
-        )
+        width = {
+            "j": LIST_BUCKET,
+            "t": LIST_BUCKET,
+            "d": LIST_BUCKET,
+            "x": EXPIRY_BUCKET,
+            "a": AUDIT_BUCKET,
+        }.get(scope[0], DUE_BUCKET)
         if (bucket + 1) * width + GRACE < _now() and (empty is None or await empty(bucket)):
             self._seen_buckets.pop((scope, bucket), None)
+            self._audit_days.pop((scope, bucket), None)
             await self._run("drop_bucket", scope, bucket)
 
     @staticmethod

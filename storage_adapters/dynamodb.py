@@ -14,8 +14,9 @@ Four tables, named ``<prefix>_meta``, ``_jobs``, ``_index`` and ``_outbox``
 * ``_index`` holds what lists: jobs by namespace and creation day
   (``"L#<ns>#<day>"``, sorted by ``"<created:016>#<job>"``), by tag
   (``"T#<ns>#<tag>#<day>"``), by expiry (``"X#<group>#<day>"``, the group
-  being ``shard % 8``) and the days that have entries (``"LB#…"``, ``"TB#…"``,
-  ``"XB#…"``), so no partition grows without bound or takes every write.
+  being ``shard % 8``), the audit log by namespace and day (``"A#<ns>#<day>"``,
+  sorted by entry id) and the days that have entries (``"LB#…"``, ``"TB#…"``,
+  ``"XB#…"``, ``"AB#…"``), so no partition grows without bound or takes every write.
 * ``_outbox`` holds deliveries (``pk`` namespace, ``sk`` delivery id) with
   two global secondary indexes: ``created`` (listing) and ``due`` (a sparse
   index of pending rows by ``"<group>"`` and next attempt, for claims).
@@ -44,7 +45,9 @@ Options in the URL query:
 * ``max_attempts`` — tries per request, the SDK's standard retry mode (default 3);
 * ``ttl_grace`` — seconds after a job's expiry at which DynamoDB's own TTL
   may delete its job item and index entries, a backstop for the janitor
-  (default 604800, a week; ``0`` writes no TTL attribute).
+  (default 604800, a week; ``0`` writes no TTL attribute on jobs). Audit
+  entries always carry one, ``ttl_grace`` after their expiry: TTL is what
+  removes them.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ from .errors import (
     StoreUnavailable,
 )
 from .records import (
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     DeliveryState,
@@ -104,6 +109,8 @@ from .records import (
     KeyRecord,
     NamespaceRecord,
     OutboxStats,
+    audit_from_doc,
+    audit_to_doc,
     delivery_from_row,
     delivery_to_doc,
     dumps,
@@ -132,6 +139,8 @@ _TURN_US = 500_000
 _TURN_WAIT = 0.01
 #: sorts after every key character we write
 HIGH = "\uffff"
+#: the attributes of a key item that ``update_key`` may change
+_KEY_ATTRIBUTES = {"expires_at": "ex", "revoked_at": "rv", "last_used_at": "lu"}
 
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -259,6 +268,23 @@ def _tag_pk(namespace: str, tag: str, day: int) -> str:
 
 def _expiry_pk(group: str, day: int) -> str:
     return f"X#{group}#{day}"
+
+
+def _audit_pk(namespace: str, day: int) -> str:
+    return f"A#{namespace}#{day}"
+
+
+def _id_time(entry_id: str | None) -> int | None:
+    """The time an audit entry id starts with (16 hex digits), if it does."""
+    head = (entry_id or "")[:16]
+    if len(head) == 16 and all(c in "0123456789abcdef" for c in head):
+        return int(head, 16)
+    return None
+
+
+def _audit_day(entry: AuditRecord) -> int:
+    at = _id_time(entry.entry_id)
+    return _day(entry.at if at is None else at)
 
 
 def _endpoint_sk(url: str) -> str:
@@ -425,6 +451,8 @@ class DynamoDBAdapter(StorageAdapter):
         self._recent: OrderedDict[tuple[str, str], _Known] = OrderedDict()
         #: day-marker items known to exist
         self._markers: set[tuple[str, str]] = set()
+        #: audit day markers written: (namespace, day) -> their ttl
+        self._audit_markers: dict[tuple[str, int], int] = {}
         #: this adapter, for turn claims on contended jobs
         self._node = uuid.uuid4().hex[:16]
         #: compare-and-sets lost in a row, by job
@@ -648,9 +676,19 @@ class DynamoDBAdapter(StorageAdapter):
         await _gather(batch(unique[i : i + 100]) for i in range(0, len(unique), 100))
         return found
 
+    async def _batch_put(self, table: str, items: Sequence[Item]) -> None:
+        """Put ``items`` (unique keys) with ``BatchWriteItem``, 25 a request."""
+        await self._batch_write(table, [{"PutRequest": {"Item": i}} for i in items])
+
     async def _batch_delete(self, table: str, keys: Sequence[Item]) -> None:
+        unique = list({(k["pk"]["S"], k["sk"]["S"]): k for k in keys}.values())
+        await self._batch_write(table, [{"DeleteRequest": {"Key": k}} for k in unique])
+
+    async def _batch_write(self, table: str, requests: Sequence[Item]) -> None:
+        """``BatchWriteItem`` 25 requests at a time, retrying what is left unprocessed."""
+
         async def batch(part: Sequence[Item]) -> None:
-            request: Item = {table: [{"DeleteRequest": {"Key": k}} for k in part]}
+            request: Item = {table: list(part)}
             delay = 0.01
             while request:
                 answer = await self._call("batch_write_item", RequestItems=request)
@@ -659,8 +697,7 @@ class DynamoDBAdapter(StorageAdapter):
                     await asyncio.sleep(delay * random.random())
                     delay = min(delay * 2, 1.0)
 
-        unique = list({(k["pk"]["S"], k["sk"]["S"]): k for k in keys}.values())
-        await _gather(batch(unique[i : i + 25]) for i in range(0, len(unique), 25))
+        await _gather(batch(requests[i : i + 25]) for i in range(0, len(requests), 25))
 
     async def _transact(self, items: list[Item]) -> None:
         """One transaction; a condition that fails raises :class:`_Cancelled`.
@@ -737,17 +774,59 @@ class DynamoDBAdapter(StorageAdapter):
             return None
         return NamespaceRecord(name, loads(item["cfg"]["B"]), _int(item, "cr"), _int(item, "up"))
 
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        if limit < 1:
+            return []
+        # A scan of _meta (namespaces, keys, endpoints: small), names only; the
+        # ``limit`` smallest past ``after`` are kept as the pages go by.
+        picked: list[str] = []
+        params: Item = {
+            "TableName": self.tables["meta"],
+            "FilterExpression": "sk = :n",
+            "ProjectionExpression": "pk",
+            "ExpressionAttributeValues": {":n": _s("N")},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = await self._call("scan", **params)
+            for item in page.get("Items", []):
+                name = item["pk"]["S"].removeprefix("N#")
+                if after is None or name > after:
+                    picked.append(name)
+            if len(picked) > 2 * limit + 1000:
+                picked.sort()
+                del picked[limit:]
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                break
+            params["ExclusiveStartKey"] = last
+        names = sorted(picked)[:limit]
+        items = await self._batch_get(self.tables["meta"], [_key(f"N#{n}", "N") for n in names])
+        found = {item["pk"]["S"].removeprefix("N#"): item for item in items}
+        return [
+            NamespaceRecord(n, loads(i["cfg"]["B"]), _int(i, "cr"), _int(i, "up"))
+            for n in names
+            if (i := found.get(n)) is not None
+        ]
+
     async def _create_key(self, key: KeyRecord) -> None:
+        item: Item = {
+            **_key(f"N#{key.namespace}", f"K#{key.key_id}"),
+            "role": _s(key.role),
+            "hash": _s(key.secret_hash),
+            "cr": _n(key.created_at),
+        }
+        if key.name is not None:
+            item["nm"] = _s(key.name)
+        for field, attribute in _KEY_ATTRIBUTES.items():
+            value = getattr(key, field)
+            if value is not None:
+                item[attribute] = _n(value)
         try:
             await self._call(
                 "put_item",
                 TableName=self.tables["meta"],
-                Item={
-                    **_key(f"N#{key.namespace}", f"K#{key.key_id}"),
-                    "role": _s(key.role),
-                    "hash": _s(key.secret_hash),
-                    "cr": _n(key.created_at),
-                },
+                Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
@@ -757,9 +836,163 @@ class DynamoDBAdapter(StorageAdapter):
 
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         item = await self._get(self.tables["meta"], _key(f"N#{namespace}", f"K#{key_id}"))
-        if item is None:
-            return None
-        return KeyRecord(namespace, key_id, item["role"]["S"], item["hash"]["S"], _int(item, "cr"))
+        return _decode_key(namespace, item) if item is not None else None
+
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]:
+        items = await self._query_all(
+            TableName=self.tables["meta"],
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :k)",
+            ExpressionAttributeValues={":pk": _s(f"N#{namespace}"), ":k": _s("K#")},
+            ConsistentRead=True,
+        )
+        return sorted((_decode_key(namespace, i) for i in items), key=lambda k: k.key_id)
+
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        names: dict[str, str] = {}
+        values: Item = {}
+        sets: list[str] = []
+        removes: list[str] = []
+        for field, value in changes.items():
+            attribute = _KEY_ATTRIBUTES[field]
+            names[f"#{attribute}"] = attribute
+            if value is None:
+                removes.append(f"#{attribute}")
+            else:
+                values[f":{attribute}"] = _n(value)
+                sets.append(f"#{attribute} = :{attribute}")
+        clauses = []
+        if sets:
+            clauses.append("SET " + ", ".join(sets))
+        if removes:
+            clauses.append("REMOVE " + ", ".join(removes))
+        params: Item = {
+            "TableName": self.tables["meta"],
+            "Key": _key(f"N#{namespace}", f"K#{key_id}"),
+            "UpdateExpression": " ".join(clauses),
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeNames": names,
+        }
+        if values:
+            params["ExpressionAttributeValues"] = values
+        try:
+            await self._call("update_item", **params)
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # -- the audit log ---------------------------------------------------------
+
+    def _audit_ttl(self, expires_at: int) -> int:
+        """Audit entries always carry ``ttl``: it is what removes them."""
+        return expires_at // 1_000_000 + self.ttl_grace
+
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        items: dict[tuple[str, str], Item] = {}
+        days: dict[tuple[str, int], int] = {}
+        for e in entries:
+            day = _audit_day(e)
+            ttl = self._audit_ttl(e.expires_at)
+            days[(e.namespace, day)] = max(days.get((e.namespace, day), 0), ttl)
+            pk = _audit_pk(e.namespace, day)
+            items[(pk, e.entry_id)] = {
+                **_key(pk, e.entry_id),
+                "at": _n(e.at),
+                "ex": _n(e.expires_at),
+                "doc": _b(dumps(audit_to_doc(e))),
+                "ttl": _n(ttl),
+            }
+        # the days first: a reader never misses entries of a day it does not know
+        await _gather(self._audit_marker(ns, day, ttl) for (ns, day), ttl in days.items())
+        await self._batch_put(self.tables["index"], list(items.values()))
+
+    async def _audit_marker(self, namespace: str, day: int, ttl: int) -> None:
+        """Record that a namespace has audit entries on ``day``, for as long as
+        the longest-lived of them (the marker's ``ttl`` only ever grows)."""
+        if self._audit_markers.get((namespace, day), 0) >= ttl:
+            return
+        try:
+            await self._call(
+                "update_item",
+                TableName=self.tables["index"],
+                Key=_key(f"AB#{namespace}", f"{day:08d}"),
+                UpdateExpression="SET #ttl = :ttl",
+                ConditionExpression="attribute_not_exists(#ttl) OR #ttl < :ttl",
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={":ttl": _n(ttl)},
+            )
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":  # a later ttl is there
+                raise
+        if len(self._audit_markers) > 100_000:
+            self._audit_markers.clear()
+        self._audit_markers[(namespace, day)] = ttl
+
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        if query.limit < 1:
+            return []
+        if query.min_id is not None and query.max_id is not None and query.min_id >= query.max_id:
+            return []
+        lo_at, hi_at = _id_time(query.min_id), _id_time(query.max_id)
+        day_range = {
+            ":pk": _s(f"AB#{namespace}"),
+            ":lo": _s(f"{_day(lo_at) if lo_at is not None else 0:08d}"),
+            ":hi": _s(f"{_day(hi_at):08d}" if hi_at is not None else HIGH),
+        }
+        # the id bounds as a key condition (no empty strings in key conditions)
+        bounds: Item = {}
+        if query.min_id and query.max_id is not None:
+            condition = "pk = :pk AND sk BETWEEN :lo AND :hi"  # :hi is skipped below
+            bounds = {":lo": _s(query.min_id), ":hi": _s(query.max_id)}
+        elif query.min_id:
+            condition = "pk = :pk AND sk >= :lo"
+            bounds = {":lo": _s(query.min_id)}
+        elif query.max_id is not None:
+            if not query.max_id:
+                return []
+            condition = "pk = :pk AND sk < :hi"
+            bounds = {":hi": _s(query.max_id)}
+        else:
+            condition = "pk = :pk"
+        found: list[AuditRecord] = []
+        async with contextlib.aclosing(
+            self._query(
+                TableName=self.tables["index"],
+                KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+                ExpressionAttributeValues=day_range,
+                ScanIndexForward=False,
+                ConsistentRead=True,
+            )
+        ) as markers:
+            async for marker in markers:
+                params: Item = {
+                    "TableName": self.tables["index"],
+                    "KeyConditionExpression": condition,
+                    "ExpressionAttributeValues": {
+                        ":pk": _s(_audit_pk(namespace, int(marker["sk"]["S"]))),
+                        **bounds,
+                    },
+                    "ScanIndexForward": False,
+                    "ConsistentRead": True,
+                    "Limit": min(max(query.limit - len(found) + 1, 10), 1000),
+                }
+                if query.alive_at is not None:
+                    params["FilterExpression"] = "ex > :alive"
+                    params["ExpressionAttributeValues"][":alive"] = _n(query.alive_at)
+                async with contextlib.aclosing(self._query(**params)) as entries:
+                    async for item in entries:
+                        if item["sk"]["S"] == query.max_id:
+                            continue
+                        found.append(_decode_audit(namespace, item))
+                        if len(found) >= query.limit:
+                            return found
+        return found
+
+    async def _purge_audit(self, now: int, limit: int) -> int:
+        return 0  # every entry carries ``ttl``: DynamoDB removes it
 
     # -- job writes ----------------------------------------------------------
 
@@ -2000,6 +2233,32 @@ def _decode_event(entry: Item, seq: int, data: bytes) -> EventRecord:
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise CorruptData(f"log entry {seq} is malformed: {exc!r}") from exc
+
+
+def _decode_key(namespace: str, item: Item) -> KeyRecord:
+    try:
+        return KeyRecord(
+            namespace,
+            item["sk"]["S"].removeprefix("K#"),
+            item["role"]["S"],
+            item["hash"]["S"],
+            _int(item, "cr"),
+            name=_opt_str(item, "nm"),
+            expires_at=_opt_int(item, "ex"),
+            revoked_at=_opt_int(item, "rv"),
+            last_used_at=_opt_int(item, "lu"),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CorruptData(f"stored key is malformed: {exc!r}") from exc
+
+
+def _decode_audit(namespace: str, item: Item) -> AuditRecord:
+    try:
+        return audit_from_doc(
+            namespace, item["sk"]["S"], _int(item, "at"), _int(item, "ex"), loads(item["doc"]["B"])
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CorruptData(f"stored audit entry is malformed: {exc!r}") from exc
 
 
 def _decode_delivery(item: Item) -> DeliveryRecord:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Collection, Sequence
+import itertools
+from collections.abc import Collection, Mapping, Sequence
 from typing import ClassVar
 
 from sharding import shard_of
@@ -18,6 +19,8 @@ from sharding import shard_of
 from .base import Capability, StorageAdapter
 from .errors import AlreadyExists, NotFound, RevisionConflict
 from .records import (
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     DeliveryState,
@@ -49,6 +52,7 @@ class MemoryAdapter(StorageAdapter):
     async def _open(self) -> None:
         self._namespaces: dict[str, NamespaceRecord] = {}
         self._keys: dict[tuple[str, str], KeyRecord] = {}
+        self._audit: dict[str, dict[str, AuditRecord]] = {}
         self._jobs: dict[_JobKey, bytes] = {}
         # entries by seq - 1; a purged entry is None
         self._logs: dict[_JobKey, list[EventRecord | None]] = {}
@@ -84,6 +88,48 @@ class MemoryAdapter(StorageAdapter):
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         await asyncio.sleep(0)
         return self._keys.get((namespace, key_id))
+
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        await asyncio.sleep(0)
+        names = sorted(n for n in self._namespaces if after is None or n > after)
+        return [self._namespaces[n] for n in names[:limit]]
+
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]:
+        await asyncio.sleep(0)
+        return [k for (ns, _), k in sorted(self._keys.items()) if ns == namespace]
+
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        await asyncio.sleep(0)
+        key = self._keys.get((namespace, key_id))
+        if key is None:
+            return False
+        self._keys[(namespace, key_id)] = dataclasses.replace(key, **changes)  # type: ignore[arg-type]
+        return True
+
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        await asyncio.sleep(0)
+        for entry in entries:
+            self._audit.setdefault(entry.namespace, {})[entry.entry_id] = entry
+
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        await asyncio.sleep(0)
+        log = self._audit.get(namespace, {})
+        found = (log[i] for i in sorted(log, reverse=True))
+        return list(itertools.islice((e for e in found if query.matches(e)), query.limit))
+
+    async def _purge_audit(self, now: int, limit: int) -> int:
+        await asyncio.sleep(0)
+        gone = [
+            (ns, i)
+            for ns, log in self._audit.items()
+            for i, e in log.items()
+            if e.expires_at <= now
+        ][:limit]
+        for ns, entry_id in gone:
+            del self._audit[ns][entry_id]
+        return len(gone)
 
     async def _create_job(
         self,

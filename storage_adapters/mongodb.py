@@ -25,6 +25,8 @@ is one document:
 * ``blobs`` — chunks larger than 1 MiB, in parts of 4 MiB, written before
   the commit (a lost compare-and-set deletes its parts), so chunks of any size
   fit MongoDB's 16 MiB document limit.
+* ``audit`` — one document per audit entry, ``_id`` ``"{namespace}/{entry}"``,
+  inserted (never updated) and purged by expiry (no TTL index: FerretDB has none).
 * ``deliveries`` (``_id`` ``"{namespace}/{delivery}"``), ``namespaces``,
   ``api_keys``, ``webhook_endpoints`` and ``schema_migrations``.
 
@@ -76,6 +78,8 @@ from .errors import (
     StoreUnavailable,
 )
 from .records import (
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     EndpointRecord,
@@ -86,6 +90,8 @@ from .records import (
     KeyRecord,
     NamespaceRecord,
     OutboxStats,
+    audit_from_doc,
+    audit_to_doc,
     delivery_from_row,
     delivery_to_doc,
     dumps,
@@ -201,7 +207,21 @@ MIGRATIONS: list[tuple[int, dict[str, list[IndexModel]]]] = [
             ),
         },
     ),
+    (
+        3,
+        {
+            "api_keys": _indexes(("by_ns", [("ns", ASCENDING), ("k", ASCENDING)], False)),
+            # the audit log: a page is a range of (ns, i); the purge a range of x
+            "audit": _indexes(
+                ("by_ns", [("ns", ASCENDING), ("i", ASCENDING)], False),
+                ("expiring", [("x", ASCENDING)], False),
+            ),
+        },
+    ),
 ]
+
+#: the fields of a key document that ``update_key`` may change
+_KEY_FIELDS = {"expires_at": "x", "revoked_at": "rv", "last_used_at": "lu"}
 
 
 def _job_key(namespace: str, job_id: str) -> str:
@@ -289,6 +309,23 @@ def _delivery_from_doc(doc: Mapping[str, Any]) -> DeliveryRecord:
     except KeyError as exc:
         raise CorruptData(f"stored delivery lacks {exc}") from exc
     return delivery_from_row(row)
+
+
+def _key_from_doc(namespace: str, key_id: str, doc: Mapping[str, Any]) -> KeyRecord:
+    try:
+        return KeyRecord(
+            namespace,
+            key_id,
+            doc["role"],
+            doc["h"],
+            doc["ca"],
+            name=doc.get("n"),
+            expires_at=doc.get("x"),
+            revoked_at=doc.get("rv"),
+            last_used_at=doc.get("lu"),
+        )
+    except KeyError as exc:
+        raise CorruptData(f"key {key_id!r} lacks {exc}") from exc
 
 
 def _job_fields(job: JobRecord) -> Doc:
@@ -586,29 +623,115 @@ class MongoDBAdapter(StorageAdapter):
         except KeyError as exc:
             raise CorruptData(f"namespace {name!r} lacks {exc}") from exc
 
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        if limit < 1:
+            return []
+        where: Doc = {"_id": {"$gt": after}} if after is not None else {}
+        cursor = self._col("namespaces").find(where).sort("_id", ASCENDING).limit(limit)
+        found = []
+        async for doc in cursor:
+            try:
+                found.append(NamespaceRecord(doc["_id"], loads(doc["cfg"]), doc["ca"], doc["ua"]))
+            except KeyError as exc:
+                raise CorruptData(f"namespace {doc['_id']!r} lacks {exc}") from exc
+        return found
+
     async def _create_key(self, key: KeyRecord) -> None:
+        doc: Doc = {
+            "_id": f"{key.namespace}/{key.key_id}",
+            "ns": key.namespace,
+            "k": key.key_id,
+            "role": key.role,
+            "h": key.secret_hash,
+            "ca": key.created_at,
+        }
+        if key.name is not None:
+            doc["n"] = key.name
+        for name, field in _KEY_FIELDS.items():
+            if (value := getattr(key, name)) is not None:
+                doc[field] = value
         try:
-            await self._col("api_keys").insert_one(
-                {
-                    "_id": f"{key.namespace}/{key.key_id}",
-                    "ns": key.namespace,
-                    "k": key.key_id,
-                    "role": key.role,
-                    "h": key.secret_hash,
-                    "ca": key.created_at,
-                }
-            )
+            await self._col("api_keys").insert_one(doc)
         except pymongo.errors.DuplicateKeyError:
             raise AlreadyExists(f"key {key.key_id} exists") from None
 
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         doc = await self._col("api_keys").find_one({"_id": f"{namespace}/{key_id}"})
-        if doc is None:
-            return None
-        try:
-            return KeyRecord(namespace, key_id, doc["role"], doc["h"], doc["ca"])
-        except KeyError as exc:
-            raise CorruptData(f"key {key_id!r} lacks {exc}") from exc
+        return _key_from_doc(namespace, key_id, doc) if doc is not None else None
+
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]:
+        cursor = self._col("api_keys").find({"ns": namespace}).sort("k", ASCENDING)
+        keys = [_key_from_doc(namespace, doc["k"], doc) async for doc in cursor]
+        return sorted(keys, key=lambda k: k.key_id)  # the server's string order may differ
+
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        sets = {_KEY_FIELDS[n]: v for n, v in changes.items() if v is not None}
+        unsets = {_KEY_FIELDS[n]: "" for n, v in changes.items() if v is None}
+        update: Doc = {}
+        if sets:
+            update["$set"] = sets
+        if unsets:
+            update["$unset"] = unsets
+        key = f"{namespace}/{key_id}"
+        # FerretDB writes whole documents: a concurrent update of another field
+        # would be lost without the lock.
+        async with self._locked(f"key/{key}"):
+            result = await self._col("api_keys").update_one({"_id": key}, update)
+        return result.matched_count > 0
+
+    # -- the audit log ---------------------------------------------------------
+
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        docs = {
+            f"{e.namespace}/{e.entry_id}": {
+                "_id": f"{e.namespace}/{e.entry_id}",
+                "ns": e.namespace,
+                "i": e.entry_id,
+                "at": e.at,
+                "x": e.expires_at,
+                "doc": dumps(audit_to_doc(e)),
+            }
+            for e in entries
+        }
+        # a retried batch finds its entries there: duplicates are ignored
+        await self._insert_new("audit", list(docs.values()))
+
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        if query.limit < 1:
+            return []
+        where: Doc = {"ns": namespace}
+        ids: Doc = {}
+        if query.min_id is not None:
+            ids["$gte"] = query.min_id
+        if query.max_id is not None:
+            ids["$lt"] = query.max_id
+        if ids:
+            where["i"] = ids
+        if query.alive_at is not None:
+            where["x"] = {"$gt": query.alive_at}
+        cursor = self._col("audit").find(where).sort("i", DESCENDING).limit(query.limit)
+        found = []
+        async for doc in cursor:
+            try:
+                found.append(
+                    audit_from_doc(namespace, doc["i"], doc["at"], doc["x"], loads(doc["doc"]))
+                )
+            except (KeyError, TypeError) as exc:
+                raise CorruptData(f"audit entry {doc.get('_id')!r} is malformed: {exc!r}") from exc
+        return found
+
+    async def _purge_audit(self, now: int, limit: int) -> int:
+        if limit < 1:
+            return 0
+        audit = self._col("audit")
+        cursor = audit.find({"x": {"$lte": now}}, {"_id": 1}).sort("x", ASCENDING).limit(limit)
+        ids = [doc["_id"] async for doc in cursor]
+        if not ids:
+            return 0
+        result = await audit.delete_many({"_id": {"$in": ids}, "x": {"$lte": now}})
+        return int(result.deleted_count)
 
     # -- writing jobs ------------------------------------------------------------
 

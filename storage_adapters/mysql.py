@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import ssl
 import warnings
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import aiomysql
@@ -40,6 +40,8 @@ from .errors import (
 )
 from .records import (
     DELIVERY_COLUMNS,
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     EndpointRecord,
@@ -58,15 +60,23 @@ from .records import (
     loads,
 )
 from .sql import (
+    AUDIT_COLUMNS,
     EVENT_COLUMNS,
+    KEY_COLUMNS,
     Params,
+    audit_from_row,
+    audit_rows,
     due_deliveries_sql,
     event_from_row,
     event_rows,
     expired_jobs_sql,
+    key_from_row,
+    key_row,
+    list_audit_sql,
     list_deliveries_sql,
     list_jobs_sql,
     outbox_stats_sql,
+    update_key_sql,
 )
 
 __all__ = ["MIGRATIONS", "MySQLAdapter"]
@@ -74,6 +84,8 @@ __all__ = ["MIGRATIONS", "MySQLAdapter"]
 T = TypeVar("T")
 
 _ID = "CHARACTER SET ascii COLLATE ascii_bin"
+#: free text, whatever the database's default character set
+_TEXT = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -201,6 +213,24 @@ MIGRATIONS: list[tuple[int, list[str | Unless]]] = [
             SET e.byte_offset = o.byte_offset""",
             _add_column("jobs", "shard", "INT NOT NULL DEFAULT 0"),
             _add_index("jobs", "jobs_expiring", "expires_at, shard"),
+        ],
+    ),
+    (
+        4,
+        [
+            _add_column("api_keys", "name", f"TEXT {_TEXT} NULL"),
+            _add_column("api_keys", "expires_at", "BIGINT NULL"),
+            _add_column("api_keys", "revoked_at", "BIGINT NULL"),
+            _add_column("api_keys", "last_used_at", "BIGINT NULL"),
+            f"""CREATE TABLE IF NOT EXISTS audit_log (
+                namespace   VARCHAR(63) {_ID} NOT NULL,
+                entry_id    VARCHAR(64) {_ID} NOT NULL,
+                at          BIGINT NOT NULL,
+                expires_at  BIGINT NOT NULL,
+                doc         LONGBLOB NOT NULL,
+                PRIMARY KEY (namespace, entry_id),
+                KEY audit_log_expiring (expires_at)
+            ) ENGINE=InnoDB""",
         ],
     ),
 ]
@@ -440,11 +470,11 @@ class MySQLAdapter(StorageAdapter):
         return NamespaceRecord(name, loads(config), created_at, updated_at)
 
     async def _create_key(self, key: KeyRecord) -> None:
+        row = key_row(key)
         try:
             await self._fetch(
-                "INSERT INTO api_keys (namespace, key_id, role, secret_hash, created_at) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (key.namespace, key.key_id, key.role, key.secret_hash, key.created_at),
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({', '.join(['%s'] * len(row))})",
+                row,
             )
         except pymysql.err.IntegrityError as exc:
             if exc.args and exc.args[0] == _DUPLICATE_KEY:
@@ -453,14 +483,72 @@ class MySQLAdapter(StorageAdapter):
 
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         rows = await self._fetch(
-            "SELECT role, secret_hash, created_at FROM api_keys "
-            "WHERE namespace = %s AND key_id = %s",
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = %s AND key_id = %s",
             (namespace, key_id),
         )
-        if not rows:
-            return None
-        role, secret_hash, created_at = rows[0]
-        return KeyRecord(namespace, key_id, role, secret_hash, created_at)
+        return key_from_row(rows[0]) if rows else None
+
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        params = Params("format")
+        where = "" if after is None else f"WHERE name > {params(after)} "
+        rows = await self._fetch(
+            f"SELECT name, config, created_at, updated_at FROM namespaces {where}"
+            f"ORDER BY name LIMIT {params(limit)}",
+            params.values,
+        )
+        return [NamespaceRecord(row[0], loads(row[1]), row[2], row[3]) for row in rows]
+
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]:
+        rows = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = %s ORDER BY key_id",
+            (namespace,),
+        )
+        return [key_from_row(row) for row in rows]
+
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        params = Params("format")
+        sql = update_key_sql(namespace, key_id, changes, params)
+
+        async def body(cur: aiomysql.Cursor) -> bool:
+            if await cur.execute(sql, params.values):
+                return True
+            # MySQL counts the rows changed: a key that already holds these
+            # values changes none, yet it is there.
+            await cur.execute(
+                "SELECT 1 FROM api_keys WHERE namespace = %s AND key_id = %s", (namespace, key_id)
+            )
+            return bool(await cur.fetchall())
+
+        return await self._with_cursor(body)
+
+    # -- audit log ---------------------------------------------------------
+
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        marks = ", ".join(["(%s, %s, %s, %s, %s)"] * len(entries))
+        # Not INSERT IGNORE, which would also turn errors other than the
+        # duplicate key (a value too long) into warnings.
+        await self._fetch(
+            f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES {marks} "
+            "ON DUPLICATE KEY UPDATE entry_id = entry_id",
+            [value for row in audit_rows(entries) for value in row],
+        )
+
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        params = Params("format")
+        rows = await self._fetch(list_audit_sql(namespace, query, params), params.values)
+        return [audit_from_row(row) for row in rows]
+
+    async def _purge_audit(self, now: int, limit: int) -> int:
+        async def body(cur: aiomysql.Cursor) -> int:
+            count: int = await cur.execute(
+                "DELETE FROM audit_log WHERE expires_at <= %s ORDER BY expires_at LIMIT %s",
+                (now, limit),
+            )
+            return count
+
+        return await self._with_cursor(body)
 
     # -- jobs --------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -38,6 +38,8 @@ from .errors import (
 )
 from .records import (
     DELIVERY_COLUMNS,
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     EndpointRecord,
@@ -56,14 +58,22 @@ from .records import (
     loads,
 )
 from .sql import (
+    AUDIT_COLUMNS,
     EVENT_COLUMNS,
+    KEY_COLUMNS,
     Params,
+    audit_from_row,
+    audit_rows,
     due_deliveries_sql,
     event_from_row,
     expired_jobs_sql,
+    key_from_row,
+    key_row,
+    list_audit_sql,
     list_deliveries_sql,
     list_jobs_sql,
     outbox_stats_sql,
+    update_key_sql,
 )
 
 __all__ = ["MIGRATIONS", "PostgreSQLAdapter"]
@@ -173,6 +183,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) o WHERE e.namespace = o.namespace AND e.job_id = o.job_id AND e.seq = o.seq;
         ALTER TABLE jobs ADD COLUMN shard integer NOT NULL DEFAULT 0;
         CREATE INDEX jobs_expiring ON jobs (expires_at, shard) WHERE expires_at IS NOT NULL;
+        """,
+    ),
+    (
+        4,
+        """
+        ALTER TABLE api_keys ADD COLUMN name text, ADD COLUMN expires_at bigint,
+            ADD COLUMN revoked_at bigint, ADD COLUMN last_used_at bigint;
+        CREATE TABLE audit_log (
+            namespace   text COLLATE "C" NOT NULL,
+            entry_id    text COLLATE "C" NOT NULL,
+            at          bigint NOT NULL,
+            expires_at  bigint NOT NULL,
+            doc         bytea NOT NULL,
+            PRIMARY KEY (namespace, entry_id)
+        );
+        CREATE INDEX audit_log_expiring ON audit_log (expires_at);
         """,
     ),
 ]
@@ -330,6 +356,23 @@ _DELETE_JOB = """
     SELECT count(*) FROM job
 """
 
+
+# A batch of audit entries in one statement; an entry stored already is skipped.
+_APPEND_AUDIT = f"""
+    INSERT INTO audit_log ({AUDIT_COLUMNS})
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[])
+    ON CONFLICT (namespace, entry_id) DO NOTHING
+"""
+
+# Up to $2 entries expired at $1, earliest first.
+_PURGE_AUDIT = """
+    WITH gone AS (
+        DELETE FROM audit_log WHERE ctid IN (
+            SELECT ctid FROM audit_log WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2
+        ) RETURNING 1
+    )
+    SELECT count(*) FROM gone
+"""
 
 _CLAIMED = ", ".join(f"d.{c.strip()}" for c in DELIVERY_COLUMNS.split(","))
 
@@ -524,29 +567,61 @@ class PostgreSQLAdapter(StorageAdapter):
         return NamespaceRecord(name, loads(config), created_at, updated_at)
 
     async def _create_key(self, key: KeyRecord) -> None:
+        row = key_row(key)
+        marks = ", ".join(f"${n}" for n in range(1, len(row) + 1))
         inserted = await self._fetchval(
-            "INSERT INTO api_keys (namespace, key_id, role, secret_hash, created_at) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
-            key.namespace,
-            key.key_id,
-            key.role,
-            key.secret_hash,
-            key.created_at,
+            f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({marks}) "
+            "ON CONFLICT DO NOTHING RETURNING 1",
+            *row,
         )
         if inserted is None:
             raise AlreadyExists(f"key {key.key_id} exists")
 
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         rows = await self._fetch(
-            "SELECT role, secret_hash, created_at FROM api_keys "
-            "WHERE namespace = $1 AND key_id = $2",
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = $1 AND key_id = $2",
             namespace,
             key_id,
         )
-        if not rows:
-            return None
-        role, secret_hash, created_at = rows[0]
-        return KeyRecord(namespace, key_id, role, secret_hash, created_at)
+        return key_from_row(rows[0]) if rows else None
+
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        params = Params("numeric")
+        where = "" if after is None else f"WHERE name > {params(after)} "
+        rows = await self._fetch(
+            f"SELECT name, config, created_at, updated_at FROM namespaces {where}"
+            f"ORDER BY name LIMIT {params(limit)}",
+            *params.values,
+        )
+        return [NamespaceRecord(row[0], loads(row[1]), row[2], row[3]) for row in rows]
+
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]:
+        rows = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = $1 ORDER BY key_id", namespace
+        )
+        return [key_from_row(row) for row in rows]
+
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        params = Params("numeric")
+        sql = update_key_sql(namespace, key_id, changes, params) + " RETURNING 1"
+        return await self._fetchval(sql, *params.values) is not None
+
+    # -- audit log ---------------------------------------------------------
+
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        columns = list(zip(*audit_rows(entries), strict=True))
+        await self._fetchval(_APPEND_AUDIT, *(list(c) for c in columns))
+
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        params = Params("numeric")
+        rows = await self._fetch(list_audit_sql(namespace, query, params), *params.values)
+        return [audit_from_row(row) for row in rows]
+
+    async def _purge_audit(self, now: int, limit: int) -> int:
+        count: int = await self._fetchval(_PURGE_AUDIT, now, limit)
+        return count
 
     # -- jobs --------------------------------------------------------------
 

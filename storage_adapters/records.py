@@ -20,8 +20,11 @@ from .errors import CorruptData
 
 __all__ = [
     "DELIVERY_COLUMNS",
+    "KEY_MUTABLE_FIELDS",
     "TERMINAL_STATUSES",
     "AttemptRecord",
+    "AuditQuery",
+    "AuditRecord",
     "DeliveryQuery",
     "DeliveryRecord",
     "DeliveryState",
@@ -36,6 +39,8 @@ __all__ = [
     "OutboxStats",
     "OutputFormat",
     "VersionRecord",
+    "audit_from_doc",
+    "audit_to_doc",
     "delivery_from_row",
     "delivery_row",
     "delivery_to_doc",
@@ -96,6 +101,104 @@ class KeyRecord:
     role: str
     secret_hash: str
     created_at: int
+    #: a label for people ("ci deploy"); not unique
+    name: str | None = None
+    #: the key stops working at this time (None: never)
+    expires_at: int | None = None
+    #: the key was revoked at this time (None: it was not); revoked keys are kept
+    revoked_at: int | None = None
+    #: the last time the key authenticated a request, to a resolution of about a minute
+    last_used_at: int | None = None
+
+    def state(self, now: int) -> str:
+        """``active``, ``expired`` or ``revoked``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+#: the fields of a key that :meth:`StorageAdapter.update_key` may change
+KEY_MUTABLE_FIELDS = frozenset({"expires_at", "revoked_at", "last_used_at"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One entry of a namespace's append-only audit log.
+
+    ``entry_id`` orders the log: 16 hex digits of ``at`` then 8 random hex
+    digits, so ids sort by time and never collide in practice.
+    """
+
+    namespace: str
+    entry_id: str
+    at: int
+    #: what happened: ``job.submit``, ``key.create``, ``auth.failure``, ...
+    action: str
+    #: who did it: ``root``, ``key:<keyId>``, ``token:<subject>`` or ``anonymous``
+    actor: str
+    #: ``success`` or ``failure``
+    outcome: str
+    #: what it was done to (a job id, a key id, the namespace), if anything
+    target: str | None
+    #: the request it came from
+    request_id: str | None
+    #: more about it (never a secret)
+    detail: Mapping[str, Any]
+    #: the entry may be purged after this time (retention)
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """A page of one namespace's audit log, newest first.
+
+    ``min_id`` is inclusive, ``max_id`` exclusive (either may be None); entries
+    whose ``expires_at`` is at or before ``alive_at`` are left out.
+    """
+
+    limit: int
+    min_id: str | None = None
+    max_id: str | None = None
+    alive_at: int | None = None
+
+    def matches(self, entry: AuditRecord) -> bool:
+        """The query as a predicate; the reference for every store."""
+        if self.min_id is not None and entry.entry_id < self.min_id:
+            return False
+        if self.max_id is not None and entry.entry_id >= self.max_id:
+            return False
+        return self.alive_at is None or entry.expires_at > self.alive_at
+
+
+def audit_to_doc(entry: AuditRecord) -> dict[str, Any]:
+    """The fields of an audit entry that stores keep as one JSON document."""
+    return {
+        "action": entry.action,
+        "actor": entry.actor,
+        "outcome": entry.outcome,
+        "target": entry.target,
+        "requestId": entry.request_id,
+        "detail": dict(entry.detail),
+    }
+
+
+def audit_from_doc(
+    namespace: str, entry_id: str, at: int, expires_at: int, doc: Mapping[str, Any]
+) -> AuditRecord:
+    return AuditRecord(
+        namespace=namespace,
+        entry_id=entry_id,
+        at=at,
+        action=doc["action"],
+        actor=doc["actor"],
+        outcome=doc["outcome"],
+        target=doc.get("target"),
+        request_id=doc.get("requestId"),
+        detail=doc.get("detail") or {},
+        expires_at=expires_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +223,8 @@ class VersionRecord:
     max_chunk: int = 0
     #: bytes of the version as one zstd stream (its chunks as zstd frames; -1: unknown)
     zstd_size: int = 0
+    #: the data key its encrypted chunks are sealed with (``None``: none is; service/crypto.py)
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +432,7 @@ def _version_to_doc(v: VersionRecord) -> dict[str, Any]:
         "h": v.sha256,
         "m": v.max_chunk,
         "z": v.zstd_size,
+        **({"e": v.key_id} if v.key_id is not None else {}),
     }
 
 
@@ -345,6 +451,7 @@ def _version_from_doc(d: Mapping[str, Any]) -> VersionRecord:
         sha256=d.get("h"),
         max_chunk=d.get("m", 0),
         zstd_size=d.get("z", -1),
+        key_id=d.get("e"),
     )
 
 

@@ -1,31 +1,64 @@
 """What the SQL stores share: the listing query and row mapping.
 
 The three SQL adapters keep the same tables (``namespaces``, ``api_keys``,
-``jobs``, ``job_tags``, ``events``), each keyed by namespace first; the
-dialects differ only in types, placeholders and how a write is made atomic.
+``audit_log``, ``jobs``, ``job_tags``, ``events``, ``deliveries``), each keyed
+by namespace first; the dialects differ only in types, placeholders and how a
+write is made atomic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from .records import DELIVERY_COLUMNS, DeliveryQuery, EventKind, EventRecord, JobQuery, JobRecord
+from .records import (
+    DELIVERY_COLUMNS,
+    KEY_MUTABLE_FIELDS,
+    AuditQuery,
+    AuditRecord,
+    DeliveryQuery,
+    EventKind,
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    KeyRecord,
+    audit_from_doc,
+    audit_to_doc,
+    dumps,
+    loads,
+)
 
 __all__ = [
+    "AUDIT_COLUMNS",
     "EVENT_COLUMNS",
+    "KEY_COLUMNS",
     "Params",
+    "audit_from_row",
+    "audit_rows",
     "due_deliveries_sql",
     "event_from_row",
     "event_rows",
     "expired_jobs_sql",
+    "key_from_row",
+    "key_row",
+    "list_audit_sql",
     "list_deliveries_sql",
     "list_jobs_sql",
     "outbox_stats_sql",
+    "update_key_sql",
 ]
 
 #: columns of ``events`` that make an :class:`EventRecord`, in this order
 EVENT_COLUMNS = "seq, kind, at, version, chunk_index, format, data, codec, digest, byte_offset"
+
+
+#: columns of ``api_keys`` that make a :class:`KeyRecord`, in this order
+KEY_COLUMNS = (
+    "namespace, key_id, role, secret_hash, created_at, name, expires_at, revoked_at, last_used_at"
+)
+
+#: columns of ``audit_log``, in this order
+AUDIT_COLUMNS = "namespace, entry_id, at, expires_at, doc"
 
 
 class Params:
@@ -82,6 +115,75 @@ def event_rows(
         )
         for e in events
     ]
+
+
+def key_row(key: KeyRecord) -> tuple[Any, ...]:
+    """The values of :data:`KEY_COLUMNS` for ``key``."""
+    return (
+        key.namespace,
+        key.key_id,
+        key.role,
+        key.secret_hash,
+        key.created_at,
+        key.name,
+        key.expires_at,
+        key.revoked_at,
+        key.last_used_at,
+    )
+
+
+def key_from_row(row: Iterable[Any]) -> KeyRecord:
+    namespace, key_id, role, secret_hash, created_at, name, expires, revoked, used = row
+    return KeyRecord(
+        namespace=namespace,
+        key_id=key_id,
+        role=role,
+        secret_hash=secret_hash,
+        created_at=created_at,
+        name=name,
+        expires_at=expires,
+        revoked_at=revoked,
+        last_used_at=used,
+    )
+
+
+def update_key_sql(
+    namespace: str, key_id: str, changes: Mapping[str, int | None], params: Params
+) -> str:
+    """``UPDATE`` of only the changed columns of one key (no ``RETURNING``)."""
+    fields = sorted(changes)
+    if not fields or not set(fields) <= KEY_MUTABLE_FIELDS:
+        raise ValueError(f"update_key changes {fields}")  # column names go into the SQL
+    assignments = ", ".join(f"{f} = {params(changes[f])}" for f in fields)
+    return (
+        f"UPDATE api_keys SET {assignments} "
+        f"WHERE namespace = {params(namespace)} AND key_id = {params(key_id)}"
+    )
+
+
+def audit_rows(entries: Sequence[AuditRecord]) -> list[tuple[Any, ...]]:
+    """The values of :data:`AUDIT_COLUMNS` for each entry (the document as JSON bytes)."""
+    return [(e.namespace, e.entry_id, e.at, e.expires_at, dumps(audit_to_doc(e))) for e in entries]
+
+
+def audit_from_row(row: Iterable[Any]) -> AuditRecord:
+    namespace, entry_id, at, expires_at, doc = row
+    return audit_from_doc(namespace, entry_id, at, expires_at, loads(doc))
+
+
+def list_audit_sql(namespace: str, query: AuditQuery, params: Params) -> str:
+    """One page of a namespace's audit log, newest (largest id) first."""
+    where = [f"namespace = {params(namespace)}"]
+    if query.min_id is not None:
+        where.append(f"entry_id >= {params(query.min_id)}")
+    if query.max_id is not None:
+        where.append(f"entry_id < {params(query.max_id)}")
+    if query.alive_at is not None:
+        where.append(f"expires_at > {params(query.alive_at)}")
+    return (
+        f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} "
+        f"ORDER BY entry_id DESC LIMIT {params(query.limit)}"
+    )
 
 
 def list_jobs_sql(namespace: str, query: JobQuery, params: Params) -> str:

@@ -28,7 +28,7 @@ import asyncio
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -49,6 +49,8 @@ from .errors import (
 )
 from .records import (
     DELIVERY_COLUMNS,
+    AuditQuery,
+    AuditRecord,
     DeliveryQuery,
     DeliveryRecord,
     EndpointRecord,
@@ -67,15 +69,23 @@ from .records import (
     loads,
 )
 from .sql import (
+    AUDIT_COLUMNS,
     EVENT_COLUMNS,
+    KEY_COLUMNS,
     Params,
+    audit_from_row,
+    audit_rows,
     due_deliveries_sql,
     event_from_row,
     event_rows,
     expired_jobs_sql,
+    key_from_row,
+    key_row,
+    list_audit_sql,
     list_deliveries_sql,
     list_jobs_sql,
     outbox_stats_sql,
+    update_key_sql,
 )
 
 __all__ = ["MIGRATIONS", "SQLiteAdapter"]
@@ -187,6 +197,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WHERE chunk_index > 0;
         ALTER TABLE jobs ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX jobs_expiring ON jobs (expires_at, shard) WHERE expires_at IS NOT NULL
+        """,
+    ),
+    (
+        4,
+        """
+        ALTER TABLE api_keys ADD COLUMN name TEXT;
+        ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+        ALTER TABLE api_keys ADD COLUMN revoked_at INTEGER;
+        ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+        CREATE TABLE audit_log (
+            namespace   TEXT NOT NULL,
+            entry_id    TEXT NOT NULL,
+            at          INTEGER NOT NULL,
+            expires_at  INTEGER NOT NULL,
+            doc         BLOB NOT NULL,
+            PRIMARY KEY (namespace, entry_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX audit_log_expiring ON audit_log (expires_at)
         """,
     ),
 ]
@@ -481,12 +509,13 @@ class SQLiteAdapter(StorageAdapter):
         )
 
     async def _create_key(self, key: KeyRecord) -> None:
+        row = key_row(key)
+
         def write(db: sqlite3.Connection) -> None:
             try:
                 db.execute(
-                    "INSERT INTO api_keys (namespace, key_id, role, secret_hash, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (key.namespace, key.key_id, key.role, key.secret_hash, key.created_at),
+                    f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * len(row))})",
+                    row,
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"key {key.key_id} exists") from exc
@@ -495,13 +524,65 @@ class SQLiteAdapter(StorageAdapter):
 
     async def _get_key(self, namespace: str, key_id: str) -> KeyRecord | None:
         row = await self._point_read(
-            "SELECT role, secret_hash, created_at FROM api_keys WHERE namespace = ? AND key_id = ?",
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = ? AND key_id = ?",
             (namespace, key_id),
         )
-        if row is None:
-            return None
-        role, secret_hash, created_at = row
-        return KeyRecord(namespace, key_id, role, secret_hash, created_at)
+        return key_from_row(row) if row is not None else None
+
+    async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
+        params = Params("qmark")
+        where = "" if after is None else f"WHERE name > {params(after)} "
+        rows = await self._read(
+            f"SELECT name, config, created_at, updated_at FROM namespaces {where}"
+            f"ORDER BY name LIMIT {params(limit)}",
+            params.values,
+        )
+        return [NamespaceRecord(row[0], loads(row[1]), row[2], row[3]) for row in rows]
+
+    async def _list_keys(self, namespace: str) -> list[KeyRecord]:
+        rows = await self._read(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = ? ORDER BY key_id",
+            (namespace,),
+        )
+        return [key_from_row(row) for row in rows]
+
+    async def _update_key(
+        self, namespace: str, key_id: str, changes: Mapping[str, int | None]
+    ) -> bool:
+        params = Params("qmark")
+        sql = update_key_sql(namespace, key_id, changes, params)
+        # SQLite counts the rows matched, changed or not
+        matched: bool = await self._write(lambda db: db.execute(sql, params.values).rowcount == 1)
+        return matched
+
+    # -- audit log ---------------------------------------------------------
+
+    async def _append_audit(self, entries: Sequence[AuditRecord]) -> None:
+        rows = audit_rows(entries)
+        await self._write(
+            lambda db: db.executemany(
+                f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (namespace, entry_id) DO NOTHING",
+                rows,
+            )
+        )
+
+    async def _list_audit(self, namespace: str, query: AuditQuery) -> list[AuditRecord]:
+        params = Params("qmark")
+        rows = await self._read(list_audit_sql(namespace, query, params), params.values)
+        return [audit_from_row(row) for row in rows]
+
+    async def _purge_audit(self, now: int, limit: int) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            count: int = db.execute(
+                "DELETE FROM audit_log WHERE (namespace, entry_id) IN (SELECT namespace, entry_id "
+                "FROM audit_log WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                (now, limit),
+            ).rowcount
+            return count
+
+        purged: int = await self._write(write)
+        return purged
 
     # -- jobs --------------------------------------------------------------
 

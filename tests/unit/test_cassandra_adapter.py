@@ -16,15 +16,19 @@ from service import lifecycle
 from service.lifecycle import Chunk
 from storage_adapters import (
     AlreadyExists,
+    AuditQuery,
+    AuditRecord,
     ConfigurationError,
     JobQuery,
+    KeyRecord,
     OutputFormat,
     RevisionConflict,
     StorageAdapter,
     StoreUnavailable,
     adapter_for,
 )
-from storage_adapters.cassandra import INLINE_MAX, PART_BYTES, CassandraAdapter
+from storage_adapters import cassandra as module
+from storage_adapters.cassandra import AUDIT_MIN_TTL, INLINE_MAX, PART_BYTES, CassandraAdapter
 
 from ..stores import STORES
 from ..stores_cassandra import overwrite_event_data
@@ -199,3 +203,129 @@ async def test_listing_walks_time_buckets_both_ways(store: StorageAdapter) -> No
             assert seen == (ids[::-1] if descending else ids)
     window = JobQuery(limit=10, created_after=T0 + hour, created_before=T0 + 4 * hour)
     assert [j.job_id for j in await store.list_jobs(NS, window)] == ["j3", "j2"]
+
+
+# -- keys and the audit log ---------------------------------------------------------
+
+DAY = 86_400_000_000
+
+
+def _audit(at: int, n: int, expires_at: int | None = None) -> AuditRecord:
+    return AuditRecord(
+        NS,
+        f"{at:016x}{n:08x}",
+        at,
+        "job.submit",
+        "key:k1",
+        "success",
+        f"job-{n}",
+        None,
+        {"n": n},
+        at + DAY if expires_at is None else expires_at,
+    )
+
+
+async def test_audit_walks_day_buckets_newest_first_and_only_as_far_as_needed(
+    store: StorageAdapter,
+) -> None:
+    assert isinstance(store, CassandraAdapter)
+    entries = [_audit(T0 + d * DAY + i, d * 10 + i) for d in range(5) for i in range(2)]
+    await store.append_audit(entries[::-1])
+    ids = [e.entry_id for e in entries]
+    seen: list[str] = []
+    query = AuditQuery(limit=3)
+    while page := await store.list_audit(NS, query):
+        seen += [e.entry_id for e in page]
+        query = AuditQuery(limit=3, max_id=page[-1].entry_id)
+    assert seen == ids[::-1]
+    days = await store._rows(
+        f"SELECT bucket FROM {store.keyspace}.buckets WHERE scope = %s", (f"a/{NS}",)
+    )
+    assert sorted(r[0] for r in days) == [T0 // DAY + d for d in range(5)]
+
+    calls: list[str] = []
+    run = store._run
+
+    async def counted(name: str, *params: object) -> list[object]:
+        calls.append(name)
+        return await run(name, *params)
+
+    store._run = counted  # type: ignore[method-assign]
+    window = await store.list_audit(NS, AuditQuery(limit=10, min_id=ids[6]))
+    assert [e.entry_id for e in window] == ids[:5:-1]
+    assert calls.count("audit") == 2, "days 4 and 3 only: the walk stops at min_id's day"
+    calls.clear()
+    assert await store.list_audit("nobody", AuditQuery(limit=10)) == []
+    assert calls == ["buckets_desc"], "a namespace with no audit days costs one query"
+
+
+async def test_audit_entries_expire_natively(store: StorageAdapter) -> None:
+    assert isinstance(store, CassandraAdapter)
+    now = time.time_ns() // 1000
+    live = _audit(now, 1, expires_at=now + 30 * DAY)
+    late = _audit(now, 2, expires_at=now - DAY)  # arrives expired: kept a day, hidden
+    await store.append_audit([live, late])
+    rows = await store._rows(
+        f"SELECT entry_id, TTL(doc) FROM {store.keyspace}.audit WHERE namespace = %s AND day = %s",
+        (NS, now // DAY),
+    )
+    ttls = dict(rows)
+    assert 30 * 86400 - 60 < ttls[live.entry_id] <= 30 * 86400
+    assert AUDIT_MIN_TTL - 60 < ttls[late.entry_id] <= AUDIT_MIN_TTL
+    assert await store.list_audit(NS, AuditQuery(limit=10, alive_at=now)) == [live]
+    assert await store.purge_audit(now, 10) == 0
+
+
+async def test_a_key_update_never_leaves_a_row_behind(store: StorageAdapter) -> None:
+    assert isinstance(store, CassandraAdapter)
+    ks = store.keyspace
+    assert await store.update_key(NS, "ghost", {"last_used_at": T0}) is False
+    assert await store.update_key(NS, "ghost", {"revoked_at": T0}) is False
+    found = f"SELECT key_id FROM {ks}.api_keys WHERE namespace = %s AND key_id = %s"
+    assert await store._rows(found, (NS, "ghost")) == []
+    # A row that only an update wrote (the key was never created) is no key.
+    await store._rows(
+        f"UPDATE {ks}.api_keys SET last_used_at = 1 WHERE namespace = %s AND key_id = %s",
+        (NS, "ghost"),
+    )
+    assert await store.get_key(NS, "ghost") is None
+    assert await store.list_keys(NS) == []
+
+
+async def test_upgrading_from_v1_keeps_keys_and_lists_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with STORES["cassandra"](tmp_path, empty=True) as url:
+        every = module._migrations
+        monkeypatch.setattr(module, "_migrations", lambda ks: every(ks)[:1])
+        monkeypatch.setattr(CassandraAdapter, "_prepare", lambda self: _nothing())
+        old = adapter_for(url)
+        assert isinstance(old, CassandraAdapter)
+        assert await old.open() == [1]
+        await old._rows(
+            f"INSERT INTO {old.keyspace}.api_keys (namespace, key_id, role, secret_hash, "
+            "created_at) VALUES (%s, %s, 'consumer', 'ab', %s)",
+            (NS, "k1", T0),
+        )
+        await old.close()
+        monkeypatch.undo()
+
+        new = adapter_for(url)
+        assert isinstance(new, CassandraAdapter)
+        assert await new.open() == [2]
+        try:
+            before = KeyRecord(NS, "k1", "consumer", "ab", T0)
+            assert await new.get_key(NS, "k1") == before
+            assert await new.list_keys(NS) == [before]
+            assert await new.update_key(NS, "k1", {"revoked_at": T0 + 1}) is True
+            assert await new.list_keys(NS) == [
+                KeyRecord(NS, "k1", "consumer", "ab", T0, None, None, T0 + 1)
+            ]
+            # A migration taken over half-way runs its ALTER again: that is no error.
+            await new._ddl(every(new.keyspace)[1][1][0])
+        finally:
+            await new.close()
+
+
+async def _nothing() -> None:
+    pass

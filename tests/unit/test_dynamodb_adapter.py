@@ -17,11 +17,15 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from service import lifecycle
 from service.lifecycle import Chunk
 from storage_adapters import (
+    AuditQuery,
+    AuditRecord,
     ConfigurationError,
     EventKind,
     JobQuery,
     JobRecord,
     JobStatus,
+    KeyRecord,
+    NamespaceRecord,
     NotFound,
     OutputFormat,
     RevisionConflict,
@@ -378,3 +382,86 @@ async def test_a_node_that_keeps_losing_gets_the_next_turn(store_url: str) -> No
     finally:
         await fast.close()
         await slow.close()
+
+
+# -- keys, namespaces and the audit log ----------------------------------------------
+
+
+def audit(at: int, n: int, expires_at: int) -> AuditRecord:
+    return AuditRecord(
+        NS, f"{at:016x}{n:08x}", at, "key.create", "root", "success", None, None, {}, expires_at
+    )
+
+
+async def test_audit_days_are_marked_and_live_as_long_as_their_entries(
+    store: DynamoDBAdapter, store_url: str
+) -> None:
+    grace = store.ttl_grace
+    entries = [
+        audit(T0 + d * DAY + i, d * 10 + i, T0 + (5 + d + i) * DAY)
+        for d in range(3)
+        for i in range(2)
+    ]
+    await store.append_audit(entries)
+    stored = {i["sk"]["S"]: i for i in await items(store, "index") if i["pk"]["S"].startswith("A#")}
+    assert {k: int(v["ttl"]["N"]) for k, v in stored.items()} == {
+        e.entry_id: e.expires_at // 1_000_000 + grace for e in entries
+    }
+    markers = {
+        int(i["sk"]["S"]): int(i["ttl"]["N"])
+        for i in await items(store, "index")
+        if i["pk"]["S"] == f"AB#{NS}"
+    }
+    day0 = T0 // DAY
+    # each day's marker lives as long as that day's longest-lived entry
+    assert markers == {day0 + d: (T0 + (6 + d) * DAY) // 1_000_000 + grace for d in range(3)}
+    # An entry that expires sooner, from another node, never shortens a marker.
+    other = adapter(store_url)
+    await other.open()
+    try:
+        await other.append_audit([audit(T0 + 5, 99, T0 + DAY)])
+    finally:
+        await other.close()
+    [marker] = [
+        i
+        for i in await items(store, "index")
+        if i["pk"]["S"] == f"AB#{NS}" and i["sk"]["S"] == f"{day0:08d}"
+    ]
+    assert int(marker["ttl"]["N"]) == markers[day0]
+    # Pages walk the days newest first, and a window stops at its days.
+    ids = sorted([e.entry_id for e in entries] + [f"{T0 + 5:016x}{99:08x}"], reverse=True)
+    seen: list[str] = []
+    query = AuditQuery(limit=2)
+    while page := await store.list_audit(NS, query):
+        seen += [e.entry_id for e in page]
+        query = AuditQuery(limit=2, max_id=page[-1].entry_id)
+    assert seen == ids
+    window = AuditQuery(limit=10, min_id=entries[1].entry_id, max_id=entries[4].entry_id)
+    assert [e.entry_id for e in await store.list_audit(NS, window)] == [
+        entries[3].entry_id,
+        entries[2].entry_id,
+        f"{T0 + 5:016x}{99:08x}",
+        entries[1].entry_id,
+    ]
+    assert await store.list_audit("nobody", AuditQuery(limit=10)) == []
+
+
+async def test_key_fields_are_attributes_and_a_missing_key_stays_missing(
+    store: DynamoDBAdapter,
+) -> None:
+    await store.create_key(KeyRecord(NS, "k1", "consumer", "ab", T0, name="ci", expires_at=T0 + 9))
+    assert await store.update_key(NS, "k1", {"last_used_at": T0 + 1, "expires_at": None}) is True
+    [item] = [i for i in await items(store, "meta") if i["sk"]["S"] == "K#k1"]
+    assert (item["nm"], item["lu"], "ex" in item) == ({"S": "ci"}, {"N": str(T0 + 1)}, False)
+    assert await store.update_key(NS, "ghost", {"revoked_at": T0}) is False
+    assert [i for i in await items(store, "meta") if i["sk"]["S"] == "K#ghost"] == []
+
+
+async def test_namespaces_are_listed_once_among_keys_and_endpoints(store: DynamoDBAdapter) -> None:
+    for name in ("b", "a", "c"):
+        await store.put_namespace(NamespaceRecord(name, {"n": name}, T0, T0))
+        await store.create_key(KeyRecord(name, "k1", "consumer", "ab", T0))
+    listed = await store.list_namespaces(None, 10)
+    assert [n.name for n in listed] == ["a", "b", "c"]
+    assert listed[0] == NamespaceRecord("a", {"n": "a"}, T0, T0)
+    assert [n.name for n in await store.list_namespaces("a", 1)] == ["b"]

@@ -22,8 +22,11 @@ from pymongo import AsyncMongoClient
 from service import lifecycle
 from service.lifecycle import Chunk
 from storage_adapters import (
+    AuditQuery,
+    AuditRecord,
     ConfigurationError,
     DeliveryState,
+    KeyRecord,
     OutputFormat,
     RevisionConflict,
     StoreUnavailable,
@@ -291,4 +294,52 @@ async def test_a_stale_lock_is_taken_over(store: MongoDBAdapter, url: str) -> No
     assert await store.get_job(NS, "job") == follow.job
     if store._background:  # the clear after the write takes the lock too
         await asyncio.wait(list(store._background))
+    assert await raw(url, "locks", {}) == []
+
+
+# -- keys and the audit log ----------------------------------------------------------
+
+
+def audit(at: int, n: int, expires_at: int) -> AuditRecord:
+    return AuditRecord(
+        NS, f"{at:016x}{n:08x}", at, "key.create", "root", "success", None, None, {}, expires_at
+    )
+
+
+async def test_purging_the_audit_log_takes_the_earliest_expired_first(
+    store: MongoDBAdapter, url: str
+) -> None:
+    now = T0 + 100
+    entries = [audit(T0 + n, n, now - 10 + n * 5) for n in range(4)]  # expire at -10, -5, 0, +5
+    await store.append_audit(entries)
+    assert await store.purge_audit(now, 2) == 2
+    left = sorted(d["i"] for d in await raw(url, "audit", {}))
+    assert left == [entries[2].entry_id, entries[3].entry_id]
+    assert await store.purge_audit(now, 2) == 1
+    assert await store.purge_audit(now, 2) == 0
+    assert await store.list_audit(NS, AuditQuery(limit=10)) == [entries[3]]
+
+
+async def test_a_key_update_waits_for_the_keys_lock(store: MongoDBAdapter, url: str) -> None:
+    if not store.guarded:
+        pytest.skip("locks are used in guard mode only")
+    await store.create_key(KeyRecord(NS, "k1", "consumer", "ab", T0))
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
+    locks = client.get_default_database()["locks"]
+    try:
+        await locks.insert_one({"_id": f"key/{NS}/k1", "o": "other", "at": time.time()})
+
+        async def release() -> None:
+            await asyncio.sleep(0.3)
+            await locks.delete_one({"_id": f"key/{NS}/k1"})
+
+        started = time.monotonic()
+        releasing = asyncio.ensure_future(release())
+        assert await store.update_key(NS, "k1", {"revoked_at": T0 + 1}) is True
+        assert time.monotonic() - started >= 0.3
+        await releasing
+    finally:
+        await client.close()
+    got = await store.get_key(NS, "k1")
+    assert got is not None and got.revoked_at == T0 + 1
     assert await raw(url, "locks", {}) == []
