@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,18 +17,21 @@ from starlette.responses import Response
 from sharding import AUTH_HEADER, Membership
 from sharding.membership import NODE_HEADER, NODE_URL_HEADER
 from storage_adapters import (
+    KeyRecord,
     NamespaceRecord,
     StorageAdapter,
 )
 from webhooks.drainer import Drainer
 
-from . import validation
-from .auth import Action, Authenticator, Principal, issue_key
+from . import tokens, validation
+from .audit import AuditLog
+from .auth import Action, Authenticator, Principal, Role, issue_key
 from .clock import now_us, render_timestamp
 from .cluster import route_to_owner
 from .hub import Hub
-from .ids import valid_job_id, valid_namespace
+from .ids import valid_job_id, valid_key_id, valid_namespace
 from .jobs import JobService
+from .limits import Limits
 from .metrics import Metrics
 from .namespaces import NamespaceDirectory, merged_config
 from .problems import Problem
@@ -34,9 +39,11 @@ from .settings import Settings
 from .sse import EventStream
 from .streams import StreamPlan, job_stream, wait_for_change
 from .views import (
+    audit_view,
     etag_matches,
     job_etag,
     job_view,
+    key_view,
     namespace_view,
     status_etag,
     status_view,
@@ -68,8 +75,12 @@ class AppState:
     openapi: dict[str, Any]
     #: this node's view of the cluster (a ring of one when it runs alone)
     membership: Membership
+    audit: AuditLog
+    limits: Limits
     #: the webhook drainer of this node (None when AOS_WEBHOOKS is off)
     drainer: Drainer | None = None
+    #: held while a namespace's token signing key is made
+    mint_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     def recheck(self, namespace: str) -> float | None:
         """How often a live consumer of ``namespace`` here must re-read the store
@@ -123,16 +134,75 @@ def resolve_namespace(
     return namespace
 
 
-async def job_call(request: Request, action: Action) -> tuple[AppState, str, str]:
+_PRINCIPAL = "aos.principal"
+
+
+async def _principal(request: Request, state: AppState) -> Principal:
+    principal = await state.auth.authenticate(request)
+    request.scope[_PRINCIPAL] = principal
+    return principal
+
+
+def actor_of(request: Request) -> str:
+    """Who made an authenticated request, as the audit log names it."""
+    principal: Principal | None = request.scope.get(_PRINCIPAL)
+    return principal.actor if principal is not None else "anonymous"
+
+
+def audit(
+    request: Request,
+    namespace: str,
+    action: str,
+    target: str | None = None,
+    **detail: Any,
+) -> None:
+    """Record a successful audited action of this request."""
+    state_of(request).audit.record(
+        namespace, action, actor_of(request), target=target, detail=detail
+    )
+
+
+def authorize(
+    state: AppState, principal: Principal, namespace: str, action: Action, job_id: str | None = None
+) -> None:
+    """``principal.authorize``, auditing a refusal in the principal's namespace."""
+    try:
+        principal.authorize(namespace, action, job_id)
+    except Problem as problem:
+        state.auth.refused(principal, namespace, action.value, problem.detail)
+        raise
+
+
+async def admit(
+    request: Request,
+    state: AppState,
+    principal: Principal,
+    namespace: str,
+    job_id: str | None = None,
+    *,
+    status_poll: bool = False,
+) -> NamespaceRecord | None:
+    """On the owner: take the request's rate-limit tokens (or ``429``); the
+    namespace, if it exists."""
+    route_to_owner(request, state.membership, namespace)
+    record = await state.namespaces.get(namespace)
+    config = record.config if record is not None else None
+    state.limits.admit(config, namespace, principal.credential, job_id, status_poll=status_poll)
+    return record
+
+
+async def job_call(
+    request: Request, action: Action, *, status_poll: bool = False
+) -> tuple[AppState, str, str]:
     """Authenticate and authorise a job-scoped call: ``(state, namespace, job id)``."""
     state = state_of(request)
-    principal = await state.auth.authenticate(request)
+    principal = await _principal(request, state)
     namespace = resolve_namespace(request, principal)
-    principal.authorize(namespace, action)
     job_id: str = request.path_params["job_id"]
     if not valid_job_id(job_id):
         raise Problem("bad-request", "the job id is not valid: ^[a-z0-9][a-z0-9._-]{0,127}$")
-    route_to_owner(request, state.membership, namespace)
+    authorize(state, principal, namespace, action, job_id)
+    await admit(request, state, principal, namespace, job_id, status_poll=status_poll)
     return state, namespace, job_id
 
 
@@ -145,33 +215,51 @@ def job_location(namespace: str, job_id: str) -> str:
 
 async def create_job(request: Request) -> Response:
     state = state_of(request)
-    principal = await state.auth.authenticate(request)
+    principal = await _principal(request, state)
     body = await validation.read_json(request, state.settings.max_body_bytes)
     raw_namespace = body.get("namespace")
     if raw_namespace is not None and not isinstance(raw_namespace, str):
         raw_namespace = None  # reported by parse_new_job
     namespace = resolve_namespace(request, principal, raw_namespace)
-    principal.authorize(namespace, Action.WRITE)
-    route_to_owner(request, state.membership, namespace)
+    authorize(state, principal, namespace, Action.WRITE)
+    record = await admit(request, state, principal, namespace)
     _, new_job = validation.parse_new_job(body, state.settings)
-    record = await state.namespaces.get(namespace)
     if record is None:
         raise Problem(
             "namespace-not-found",
             f"namespace {namespace!r} does not exist; create it with "
             f"PUT /api/v1/namespaces/{namespace}",
         )
-    job, created = await state.jobs.create(record, new_job)
+    try:
+        undo = await state.limits.reserve_job(record.config, namespace)
+    except Problem:
+        # at the quota, a retry of a job that exists still gets its 200
+        if new_job.job_id is None or await state.jobs.find(namespace, new_job.job_id) is None:
+            raise
+        undo = _nothing
+    try:
+        job, created = await state.jobs.create(record, new_job)
+    except BaseException:
+        undo()
+        raise
+    if created:
+        audit(request, namespace, "job.submit", job.job_id)
+    else:
+        undo()  # a retry of a job that exists
     headers = {"Location": job_location(namespace, job.job_id), "ETag": job_etag(job)}
     return JSONResponse(job_view(job), status_code=201 if created else 200, headers=headers)
 
 
+def _nothing() -> None:
+    pass
+
+
 async def list_jobs(request: Request) -> Response:
     state = state_of(request)
-    principal = await state.auth.authenticate(request)
+    principal = await _principal(request, state)
     namespace = resolve_namespace(request, principal)
-    principal.authorize(namespace, Action.READ)
-    route_to_owner(request, state.membership, namespace)
+    authorize(state, principal, namespace, Action.READ)
+    await admit(request, state, principal, namespace)
     query = validation.parse_list_query(request.query_params, alive_at=now_us())
     # One row more than asked tells whether there is a next page.
     page = await state.jobs.list(namespace, dataclasses.replace(query, limit=query.limit + 1))
@@ -194,7 +282,10 @@ async def get_job(request: Request) -> Response:
 
 async def delete_job(request: Request) -> Response:
     state, namespace, job_id = await job_call(request, Action.WRITE)
+    job = await state.jobs.get(namespace, job_id)
     await state.jobs.delete(namespace, job_id)
+    state.limits.released(namespace, 1, sum(v.stored_size for v in job.versions))
+    audit(request, namespace, "job.delete", job_id)
     return Response(status_code=204)
 
 
@@ -212,14 +303,18 @@ def _parse_wait(request: Request) -> float:
 
 
 async def get_status(request: Request) -> Response:
-    state, namespace, job_id = await job_call(request, Action.READ)
+    state, namespace, job_id = await job_call(request, Action.READ, status_poll=True)
     wait = _parse_wait(request)
     job = await state.jobs.get(namespace, job_id)
     if_none_match = request.headers.get("if-none-match")
     if wait > 0 and if_none_match and etag_matches(if_none_match, status_etag(job)):
-        job = await wait_for_change(
-            state.jobs, state.hub, state.metrics, job, if_none_match, wait, state.recheck
-        )
+        release = state.limits.hold_stream(await namespace_config(state, namespace), namespace)
+        try:
+            job = await wait_for_change(
+                state.jobs, state.hub, state.metrics, job, if_none_match, wait, state.recheck
+            )
+        finally:
+            release()
     etag = status_etag(job)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, etag):
@@ -238,6 +333,7 @@ async def patch_status(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     state, namespace, job_id = await job_call(request, Action.CANCEL)
     job = await state.jobs.cancel(namespace, job_id)
+    audit(request, namespace, "job.cancel", job_id)
     return JSONResponse(job_view(job), headers={"ETag": job_etag(job)})
 
 
@@ -250,7 +346,7 @@ def _stream_cursor(request: Request) -> int | None:
         ("lastEventId", request.query_params.get("lastEventId")),
     ):
         if raw is not None and raw.strip() != "":
-            if not raw.strip().isdigit():
+            if not validation.is_count(raw.strip()):
                 raise Problem("bad-request", f"{name} must be a non-negative integer (a seq)")
             return int(raw)
     return None
@@ -272,11 +368,19 @@ async def stream_job(request: Request) -> Response | EventStream:
     if cursor > job.last_seq:
         plan = StreamPlan(0, "cursor-ahead")
     settings = state.settings
+    release = state.limits.hold_stream(await namespace_config(state, namespace), namespace)
     return EventStream(
         job_stream(state.jobs, state.hub, state.metrics, job, plan, state.recheck),
         ping=settings.sse_heartbeat,
         send_timeout=settings.sse_send_timeout,
+        on_close=release,
     )
+
+
+async def namespace_config(state: AppState, namespace: str) -> Mapping[str, Any] | None:
+    """A namespace's configuration (``None``: no such namespace), from the cache."""
+    record = await state.namespaces.get(namespace)
+    return record.config if record is not None else None
 
 
 # -- namespaces and keys ------------------------------------------------------------
@@ -285,12 +389,12 @@ async def stream_job(request: Request) -> Response | EventStream:
 async def namespace_call(request: Request, action: Action) -> tuple[AppState, str]:
     """Authenticate and authorise a call on ``/api/v1/namespaces/{namespace}/…``."""
     state = state_of(request)
-    principal = await state.auth.authenticate(request)
+    principal = await _principal(request, state)
     namespace: str = request.path_params["namespace"]
     if not valid_namespace(namespace):
         raise Problem("bad-request", "namespace names match ^[a-z0-9][a-z0-9._-]{0,62}$")
-    principal.authorize(namespace, action)
-    route_to_owner(request, state.membership, namespace)
+    authorize(state, principal, namespace, action)
+    await admit(request, state, principal, namespace)
     return state, namespace
 
 
@@ -304,10 +408,27 @@ async def put_namespace(request: Request) -> Response:
     settings, secret = validation.parse_namespace_config(body)
     existing = await state.store.get_namespace(name)
     now = now_us()
+    if existing is not None:
+        # kept unless the body sets them (the service's own token key always is)
+        kept = existing.config.get("subscriberKeys") or []
+        given = settings.get("subscriberKeys")
+        managed = [k for k in kept if k.get("managed")]
+        settings["subscriberKeys"] = kept if given is None else [*given, *managed]
+        if "auditRetention" not in settings and "auditRetention" in existing.config:
+            settings["auditRetention"] = existing.config["auditRetention"]
     config = merged_config(settings, existing, secret, now)
     record = NamespaceRecord(name, config, existing.created_at if existing else now, now)
-    await state.namespaces.put(record)
-    return JSONResponse(namespace_view(record), status_code=200 if existing else 201)
+    record = await state.namespaces.put(record)  # as stored: secrets sealed, if encrypted
+    state.auth.forget_tokens(name)
+    changed = sorted(k for k in body if k != "webhookSecret") + (
+        ["webhookSecret"] if secret is not None else []
+    )
+    audit(
+        request, name, "namespace.update" if existing else "namespace.create", name, fields=changed
+    )
+    return JSONResponse(
+        namespace_view(state.namespaces.reveal(record)), status_code=200 if existing else 201
+    )
 
 
 async def get_namespace(request: Request) -> Response:
@@ -315,30 +436,162 @@ async def get_namespace(request: Request) -> Response:
     record = await state.store.get_namespace(name)
     if record is None:
         raise Problem("namespace-not-found", f"namespace {name!r} does not exist")
-    return JSONResponse(namespace_view(record))
+    return JSONResponse(namespace_view(state.namespaces.reveal(record)))
+
+
+async def _existing_namespace(state: AppState, name: str) -> NamespaceRecord:
+    record = await state.namespaces.get(name)
+    if record is None:
+        raise Problem(
+            "namespace-not-found",
+            f"namespace {name!r} does not exist; create it with PUT /api/v1/namespaces/{name}",
+        )
+    return record
+
+
+async def _new_key(
+    state: AppState,
+    name: str,
+    role: Role,
+    key_name: str | None,
+    expires_at: int | None,
+    now: int,
+) -> Response:
+    if len(await state.store.list_keys(name)) >= state.settings.max_keys_per_namespace:
+        raise Problem(
+            "key-limit",
+            f"namespace {name!r} has {state.settings.max_keys_per_namespace} keys, the most "
+            "it may; revoke keys it no longer needs (revoked keys count until purged)",
+        )
+    record, token = issue_key(name, role, name=key_name, expires_at=expires_at, now=now)
+    await state.store.create_key(record)
+    return JSONResponse({**key_view(record, now), "key": token}, status_code=201)
 
 
 async def create_key(request: Request) -> Response:
     state, name = await _admin_call(request)
     body = await validation.read_json(request, state.settings.max_body_bytes)
-    role = validation.parse_key_request(body)
-    if await state.namespaces.get(name) is None:
-        raise Problem(
-            "namespace-not-found",
-            f"namespace {name!r} does not exist; create it with PUT /api/v1/namespaces/{name}",
-        )
-    record, token = issue_key(name, role)
-    await state.store.create_key(record)
+    now = now_us()
+    role, key_name, expires_at = validation.parse_key_request(body, now)
+    await _existing_namespace(state, name)
+    response = await _new_key(state, name, role, key_name, expires_at, now)
+    key_id = orjson.loads(response.body)["keyId"]
+    audit(request, name, "key.create", key_id, role=role.value, keyName=key_name)
+    return response
+
+
+async def list_keys(request: Request) -> Response:
+    state, name = await _admin_call(request)
+    now = now_us()
+    keys = await state.store.list_keys(name)
+    return JSONResponse({"items": [key_view(k, now) for k in keys]})
+
+
+async def _key_of(request: Request) -> tuple[AppState, str, KeyRecord]:
+    state, name = await _admin_call(request)
+    key_id: str = request.path_params["key_id"]
+    key = await state.store.get_key(name, key_id) if valid_key_id(key_id) else None
+    if key is None:
+        raise Problem("not-found", f"namespace {name!r} has no key {key_id!r}")
+    return state, name, key
+
+
+async def get_key(request: Request) -> Response:
+    _, _, key = await _key_of(request)
+    return JSONResponse(key_view(key, now_us()))
+
+
+async def revoke_key(request: Request) -> Response:
+    """``DELETE …/keys/{keyId}``: the key stops working at once on this node,
+    within ``AOS_KEY_CACHE`` on the others. Revoking a revoked key is a no-op."""
+    state, name, key = await _key_of(request)
+    if key.revoked_at is None:
+        await state.store.update_key(name, key.key_id, {"revoked_at": now_us()})
+        audit(request, name, "key.revoke", key.key_id)
+    state.auth.forget(name, key.key_id)
+    return Response(status_code=204)
+
+
+async def rotate_key(request: Request) -> Response:
+    """A new key with the same role and name; the old one keeps working for
+    ``gracePeriod`` (default an hour), then expires."""
+    state, name, old = await _key_of(request)
+    body = await validation.read_json(request, state.settings.max_body_bytes, allow_empty=True)
+    grace = validation.parse_rotation(body)
+    now = now_us()
+    if old.state(now) != "active":
+        raise Problem("conflict", f"key {old.key_id!r} is {old.state(now)}; create a new key")
+    until = now + grace * 1_000_000
+    if old.expires_at is not None:
+        until = min(until, old.expires_at)
+    response = await _new_key(state, name, Role(old.role), old.name, old.expires_at, now)
+    await state.store.update_key(name, old.key_id, {"expires_at": until})
+    state.auth.forget(name, old.key_id)
+    new_id = orjson.loads(response.body)["keyId"]
+    audit(request, name, "key.rotate", old.key_id, newKeyId=new_id, graceSeconds=grace)
+    return response
+
+
+async def mint_token(request: Request) -> Response:
+    """``POST …/subscriber-tokens``: a short-lived read-only token for a browser."""
+    state = state_of(request)
+    principal = await _principal(request, state)
+    name: str = request.path_params["namespace"]
+    if not valid_namespace(name):
+        raise Problem("bad-request", "namespace names match ^[a-z0-9][a-z0-9._-]{0,62}$")
+    if principal.role is Role.SUBSCRIBER:
+        raise Problem("forbidden", "a subscriber token cannot mint tokens")
+    authorize(state, principal, name, Action.READ)
+    await admit(request, state, principal, name)
+    body = await validation.read_json(request, state.settings.max_body_bytes, allow_empty=True)
+    settings = state.settings
+    job_id, subject, ttl = validation.parse_token_request(
+        body, settings.token_ttl, settings.max_token_lifetime
+    )
+    record = await _existing_namespace(state, name)
+    key = tokens.signing_key(state.namespaces.reveal(record).config)
+    if key is None:
+        # First token of this namespace: make the service's signing key, once
+        # (minting runs on the namespace's owner; the lock covers its requests).
+        async with state.mint_lock:
+            fresh = await state.store.get_namespace(name) or record
+            key = tokens.signing_key(state.namespaces.reveal(fresh).config)
+            if key is None:
+                entries = [*(fresh.config.get("subscriberKeys") or ()), tokens.new_managed_key()]
+                stored = await state.namespaces.put(
+                    NamespaceRecord(
+                        name,
+                        {**fresh.config, "subscriberKeys": entries},
+                        fresh.created_at,
+                        now_us(),
+                    )
+                )
+                key = tokens.signing_key(state.namespaces.reveal(stored).config)
+                assert key is not None
+    token, expires = tokens.mint(key, name, job_id, subject, int(time.time()), ttl)
     return JSONResponse(
         {
-            "keyId": record.key_id,
-            "key": token,
+            "token": token,
+            "tokenType": "Bearer",
             "namespace": name,
-            "role": role.value,
-            "createdAt": render_timestamp(record.created_at),
+            "jobId": job_id,
+            "subject": subject,
+            "expiresAt": render_timestamp(expires * 1_000_000),
         },
         status_code=201,
     )
+
+
+async def read_audit(request: Request) -> Response:
+    """``GET …/audit``: the namespace's audit log, newest first."""
+    state, name = await _admin_call(request)
+    query, action = validation.parse_audit_query(request.query_params, now_us())
+    await state.audit.flush()
+    page = await state.store.list_audit(name, dataclasses.replace(query, limit=query.limit + 1))
+    entries, more = page[: query.limit], len(page) > query.limit
+    items = [audit_view(e) for e in entries if action is None or e.action.startswith(action)]
+    next_cursor = validation.AuditCursor.encode(entries[-1].entry_id) if more else None
+    return JSONResponse({"items": items, "nextCursor": next_cursor})
 
 
 # -- operations ---------------------------------------------------------------------

@@ -19,12 +19,15 @@ from webhooks.ssrf import AddressGuard
 
 from . import __version__
 from .api import AppState
+from .audit import AuditLog
 from .auth import Authenticator
 from .cluster import ClusterLayer, build_membership, rebalance
 from .codec import Codec
+from .crypto import OVERHEAD, load_data_keys
 from .hub import Hub
 from .janitor import Janitor
 from .jobs import JobService
+from .limits import Limits
 from .logs import log_event
 from .metrics import Metrics
 from .middleware import RequestMiddleware
@@ -102,18 +105,22 @@ def create_app(
     """A ready-to-serve app; the store opens when the app starts (lifespan)."""
     if store is None:
         store = adapter_for(settings.storage_url, pool_size=settings.store_pool_size)
-    if store.max_chunk_bytes is not None and settings.largest_chunk > store.max_chunk_bytes:
+    data_keys = load_data_keys(settings.master_keys, settings.master_key_file)
+    # An encrypted chunk is stored with a nonce and a tag more.
+    stored_chunk = settings.largest_chunk + (OVERHEAD if data_keys is not None else 0)
+    if store.max_chunk_bytes is not None and stored_chunk > store.max_chunk_bytes:
         raise ConfigurationError(
             f"the {store.url.scheme} store writes chunks of at most {store.max_chunk_bytes} "
             f"bytes; lower AOS_MAX_CHUNK_BYTES and AOS_UPLOAD_CHUNK_BYTES "
-            f"(now {settings.max_chunk_bytes} and {settings.upload_chunk_bytes})"
+            f"(now {settings.max_chunk_bytes} and {settings.upload_chunk_bytes}"
+            f"{f', and {OVERHEAD} bytes of encryption' if data_keys is not None else ''})"
         )
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     hub = Hub(
         max_events=settings.subscriber_queue_events,
         max_bytes=settings.subscriber_queue_bytes,
     )
-    namespaces = NamespaceDirectory(store, ttl=settings.key_cache_seconds)
+    namespaces = NamespaceDirectory(store, ttl=settings.key_cache_seconds, keys=data_keys)
     forwarder = Forwarder(
         settings.node_id,
         secret=settings.cluster_secret,
@@ -159,6 +166,7 @@ def create_app(
             codec,
             batch_bytes=settings.read_batch_bytes,
             max_chunk=settings.largest_chunk,
+            keys=namespaces,
         ),
         max_versions=settings.max_versions,
         default_retention=settings.default_retention,
@@ -167,6 +175,22 @@ def create_app(
         output_interval=settings.webhook_output_interval,
         on_deliveries=drainer.wake if drainer is not None else lambda: None,
     )
+    audit = AuditLog(
+        store,
+        namespaces,
+        metrics,
+        retention=settings.audit_retention,
+        flush_interval=settings.audit_flush_interval,
+    )
+    auth = Authenticator(
+        store,
+        settings.admin_token,
+        settings.key_cache_seconds,
+        namespaces=namespaces,
+        audit=audit,
+        last_used_interval=settings.key_last_used_interval,
+        max_token_lifetime=settings.max_token_lifetime,
+    )
     janitor = (
         Janitor(
             store,
@@ -174,6 +198,7 @@ def create_app(
             metrics,
             interval=settings.janitor_interval,
             shards=membership.owned_shards,
+            audit=audit,
         )
         if settings.janitor
         else None
@@ -183,8 +208,10 @@ def create_app(
         store=store,
         hub=hub,
         jobs=jobs,
-        auth=Authenticator(store, settings.admin_token, settings.key_cache_seconds),
+        auth=auth,
         namespaces=namespaces,
+        audit=audit,
+        limits=Limits(store, metrics, refresh=settings.quota_refresh),
         metrics=metrics,
         openapi=build_openapi(),
         membership=membership,
@@ -207,6 +234,7 @@ def create_app(
         tasks = [
             asyncio.create_task(_watch_store(state), name="aos-store-watch"),
             asyncio.create_task(membership.run(), name="aos-cluster"),
+            asyncio.create_task(audit.run(), name="aos-audit"),
         ]
         if drainer is not None:
             tasks.append(asyncio.create_task(drainer.run(), name="aos-webhooks"))
@@ -218,6 +246,11 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await audit.flush()
+            except Exception as exc:  # the store is going away; say what is lost
+                log_event(logger, "audit.lost", logging.WARNING, detail=str(exc))
+            await auth.close()
             await jobs.close()
             await forwarder.close()
             if drainer is not None:

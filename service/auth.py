@@ -1,30 +1,39 @@
 """Bearer authentication and per-namespace authorisation.
 
-Two kinds of credential:
+Three kinds of credential:
 
 * the root admin token (``AOS_ADMIN_TOKEN``): every action in every namespace;
-* namespace keys, ``aos.<namespace>.<keyId>.<secret>``, with one role each.
-  Only the SHA-256 of the secret is stored (the secret has 256 random bits,
-  so a slow hash adds nothing); the namespace and key id in the token say
-  which row to compare against, so a lookup is one keyed read.
+* namespace keys, ``aos.<namespace>.<keyId>.<secret>``, with one role each,
+  an optional expiry, revocable. Only the SHA-256 of the secret is stored
+  (the secret has 256 random bits, so a slow hash adds nothing); the
+  namespace and key id in the token say which row to compare against, so a
+  lookup is one keyed read;
+* subscriber tokens (``service/tokens.py``): short-lived JWTs, read-only,
+  for one namespace and optionally one job. Keys are accepted only in the
+  ``Authorization`` header; tokens also as ``?access_token=`` on ``GET``
+  (``EventSource`` cannot send headers).
 
 Roles and what they may do in their namespace:
 
-========== ====== ======= ========
-action     admin  producer consumer
-========== ====== ======= ========
-read         ✓       ✓        ✓
+========== ====== ======== ======== ==========
+action     admin  producer consumer subscriber
+========== ====== ======== ======== ==========
+read         ✓       ✓        ✓         ✓
+inspect      ✓       ✓        ✓
 cancel       ✓       ✓        ✓
 write        ✓       ✓
 admin        ✓
-========== ====== ======= ========
+========== ====== ======== ======== ==========
 
-A key never acts outside its namespace: that is ``403`` before anything is
-looked up, so it learns nothing about another namespace's jobs.
+A credential never acts outside its namespace (nor a job-scoped token
+outside its job): that is ``403`` before anything is looked up, so it learns
+nothing about another namespace's jobs. Refused credentials of a namespace
+are written to its audit log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -32,14 +41,20 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
 from storage_adapters import KeyRecord, StorageAdapter
 
+from . import tokens
 from .clock import now_us
-from .ids import new_key_id, valid_namespace
+from .ids import new_key_id, valid_job_id, valid_namespace
 from .problems import Problem
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
+    from .namespaces import NamespaceDirectory
 
 __all__ = ["Action", "Authenticator", "Principal", "Role", "issue_key", "parse_key"]
 
@@ -51,10 +66,18 @@ class Role(StrEnum):
     ADMIN = "admin"
     PRODUCER = "producer"
     CONSUMER = "consumer"
+    #: a subscriber token (never a key's role)
+    SUBSCRIBER = "subscriber"
+
+
+#: the roles a key may have
+KEY_ROLES = (Role.ADMIN, Role.PRODUCER, Role.CONSUMER)
 
 
 class Action(StrEnum):
     READ = "read"
+    #: read webhook deliveries (their URLs and payloads): not for browsers
+    INSPECT = "inspect"
     CANCEL = "cancel"
     WRITE = "write"
     ADMIN = "admin"
@@ -62,29 +85,55 @@ class Action(StrEnum):
 
 _ALLOWED: dict[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
-    Role.PRODUCER: frozenset({Action.READ, Action.CANCEL, Action.WRITE}),
-    Role.CONSUMER: frozenset({Action.READ, Action.CANCEL}),
+    Role.PRODUCER: frozenset({Action.READ, Action.INSPECT, Action.CANCEL, Action.WRITE}),
+    Role.CONSUMER: frozenset({Action.READ, Action.INSPECT, Action.CANCEL}),
+    Role.SUBSCRIBER: frozenset({Action.READ}),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the root admin, or a key of one namespace."""
+    """Who is calling: the root admin, a key of one namespace, or a token."""
 
     role: Role
     namespace: str | None  # None: the root admin, every namespace
     key_id: str | None = None
+    #: a subscriber token scoped to one job
+    job_id: str | None = None
+    #: a subscriber token's ``sub`` claim
+    subject: str | None = None
 
     @property
     def is_root(self) -> bool:
         return self.namespace is None
 
-    def authorize(self, namespace: str, action: Action) -> None:
-        """Raise a 403 problem unless this principal may do ``action`` in ``namespace``."""
+    @property
+    def actor(self) -> str:
+        """Who, as the audit log names it."""
+        if self.namespace is None:
+            return "root"
+        if self.role is Role.SUBSCRIBER:
+            return f"token:{self.subject or '-'}"
+        return f"key:{self.key_id}"
+
+    @property
+    def credential(self) -> str | None:
+        """The rate-limit identity (``None``: the root admin, never limited)."""
+        if self.namespace is None:
+            return None
+        if self.role is Role.SUBSCRIBER:
+            return f"token:{self.subject or '-'}:{self.job_id or '*'}"
+        return f"key:{self.key_id}"
+
+    def authorize(self, namespace: str, action: Action, job_id: str | None = None) -> None:
+        """Raise a 403 problem unless this principal may do ``action`` in
+        ``namespace`` (on job ``job_id``; ``None``: on the namespace as a whole)."""
         if self.namespace is not None and self.namespace != namespace:
-            raise Problem("forbidden", "this key belongs to another namespace")
+            raise Problem("forbidden", "this credential belongs to another namespace")
         if action not in _ALLOWED[self.role]:
-            raise Problem("forbidden", f"a {self.role.value} key cannot {action.value} here")
+            raise Problem("forbidden", f"a {self.role.value} credential cannot {action.value} here")
+        if self.job_id is not None and job_id != self.job_id:
+            raise Problem("forbidden", "this token is scoped to another job")
 
 
 ROOT = Principal(Role.ADMIN, None)
@@ -107,54 +156,197 @@ def parse_key(token: str) -> tuple[str, str, str] | None:
     return namespace, key_id, secret
 
 
-def issue_key(namespace: str, role: Role) -> tuple[KeyRecord, str]:
+def issue_key(
+    namespace: str,
+    role: Role,
+    *,
+    name: str | None = None,
+    expires_at: int | None = None,
+    now: int | None = None,
+) -> tuple[KeyRecord, str]:
     """A new key record and the token to show once."""
     key_id = new_key_id()
     secret = secrets.token_urlsafe(32)
-    record = KeyRecord(namespace, key_id, role.value, _hash(secret), now_us())
+    record = KeyRecord(
+        namespace,
+        key_id,
+        role.value,
+        _hash(secret),
+        now if now is not None else now_us(),
+        name=name,
+        expires_at=expires_at,
+    )
     return record, f"{_KEY_PREFIX}{namespace}.{key_id}.{secret}"
 
 
 class Authenticator:
     def __init__(
-        self, store: StorageAdapter, admin_token: str | None, cache_seconds: float
+        self,
+        store: StorageAdapter,
+        admin_token: str | None,
+        cache_seconds: float,
+        *,
+        namespaces: NamespaceDirectory | None = None,
+        audit: AuditLog | None = None,
+        last_used_interval: float = 60.0,
+        max_token_lifetime: float = 86_400.0,
     ) -> None:
         self.store = store
+        self.namespaces = namespaces
+        self.audit = audit
         self._admin_token = admin_token.encode() if admin_token else None
         self._cache_seconds = cache_seconds
-        # token digest -> (principal, valid until, monotonic)
-        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._last_used_interval = int(last_used_interval * 1_000_000)
+        self._max_token_lifetime = max_token_lifetime
+        # token digest -> (principal, trusted until (monotonic), expires_at (µs) or None)
+        self._cache: OrderedDict[str, tuple[Principal, float, int | None]] = OrderedDict()
+        # (namespace, key id) -> when lastUsedAt was last written (µs)
+        self._used: dict[tuple[str, str], int] = {}
+        self._touches: set[asyncio.Task[None]] = set()
 
     async def authenticate(self, conn: HTTPConnection) -> Principal:
         header = conn.headers.get("authorization")
-        if not header:
-            raise _unauthorized("send Authorization: Bearer <key>")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _unauthorized("the Authorization header must be 'Bearer <key>'")
+        if header:
+            scheme, _, token = header.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise _unauthorized("the Authorization header must be 'Bearer <key>'")
+        else:
+            token = conn.query_params.get("access_token") or ""
+            if not token:
+                raise _unauthorized("send Authorization: Bearer <key>")
+            if conn.scope.get("method") not in ("GET", "HEAD") or token.startswith(_KEY_PREFIX):
+                raise _unauthorized(
+                    "?access_token= takes a subscriber token on GET; send keys in "
+                    "the Authorization header"
+                )
         if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token):
             return ROOT
-        return await self._key_principal(token)
-
-    async def _key_principal(self, token: str) -> Principal:
         digest = _hash(token)
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
-            self._cache.move_to_end(digest)
-            return cached[0]
+            principal, _, expires_at = cached
+            if expires_at is None or expires_at > now_us():
+                self._cache.move_to_end(digest)
+                if principal.key_id is not None and principal.role is not Role.SUBSCRIBER:
+                    self._touch(principal.namespace or "", principal.key_id, None)
+                return principal
+            del self._cache[digest]
+        if token.startswith(_KEY_PREFIX):
+            principal, expires_at = await self._key_principal(token)
+        else:
+            principal, expires_at = await self._token_principal(token)
+        self._cache[digest] = (principal, time.monotonic() + self._cache_seconds, expires_at)
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return principal
+
+    def forget(self, namespace: str, key_id: str) -> None:
+        """Stop trusting a key this node has cached (it was revoked or changed)."""
+        stale = [
+            digest
+            for digest, (p, _, _) in self._cache.items()
+            if p.namespace == namespace and p.key_id == key_id
+        ]
+        for digest in stale:
+            del self._cache[digest]
+
+    def forget_tokens(self, namespace: str) -> None:
+        """Stop trusting the subscriber tokens of a namespace this node has
+        cached (its subscriber keys changed)."""
+        stale = [
+            digest
+            for digest, (p, _, _) in self._cache.items()
+            if p.namespace == namespace and p.role is Role.SUBSCRIBER
+        ]
+        for digest in stale:
+            del self._cache[digest]
+
+    def refused(self, principal: Principal, namespace: str, action: str, detail: str) -> None:
+        """Audit a credential used where it may not act (a ``403``)."""
+        if self.audit is not None and principal.namespace is not None:
+            self.audit.failure(
+                principal.namespace,
+                "auth.forbidden",
+                principal.actor,
+                detail,
+                requestedNamespace=namespace,
+                attempted=action,
+            )
+
+    async def _key_principal(self, token: str) -> tuple[Principal, int | None]:
         parsed = parse_key(token)
         if parsed is None:
             raise _unauthorized("the key is not valid")
         namespace, key_id, secret = parsed
         record = await self.store.get_key(namespace, key_id)
         if record is None or not hmac.compare_digest(record.secret_hash, _hash(secret)):
+            self._failed(namespace, f"key:{key_id}", "unknown key or wrong secret")
             raise _unauthorized("the key is not valid")
-        principal = Principal(Role(record.role), namespace, key_id)
-        self._cache[digest] = (principal, time.monotonic() + self._cache_seconds)
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return principal
+        now = now_us()
+        state = record.state(now)
+        if state != "active":
+            self._failed(namespace, f"key:{key_id}", f"{state} key")
+            raise _unauthorized(f"the key is {state}")
+        self._touch(namespace, key_id, record.last_used_at)
+        return Principal(Role(record.role), namespace, key_id), record.expires_at
+
+    async def _token_principal(self, token: str) -> tuple[Principal, int | None]:
+        try:
+            namespace, kid = tokens.unverified_namespace(token)
+        except tokens.TokenError as exc:
+            raise _unauthorized(str(exc)) from None
+        if namespace is None or not valid_namespace(namespace) or self.namespaces is None:
+            raise _unauthorized("the credential is neither a key nor a subscriber token")
+        record = await self.namespaces.get(namespace)
+        if record is not None:
+            record = self.namespaces.reveal(record)  # HS256 secrets may be stored sealed
+        keys = tokens.token_keys(record.config) if record is not None else {}
+        try:
+            claims = tokens.verify(token, keys, kid, int(time.time()), self._max_token_lifetime)
+        except tokens.TokenError as exc:
+            if record is not None:
+                self._failed(namespace, f"token:{kid or '-'}", str(exc))
+            raise _unauthorized(str(exc)) from None
+        job_id = claims.get("job")
+        if job_id is not None and (not isinstance(job_id, str) or not valid_job_id(job_id)):
+            raise _unauthorized("the token's job claim is not a job id")
+        subject = claims.get("sub")
+        principal = Principal(
+            Role.SUBSCRIBER,
+            namespace,
+            job_id=job_id,
+            subject=str(subject)[:128] if subject is not None else None,
+        )
+        return principal, int(claims["exp"] * 1_000_000)
+
+    def _failed(self, namespace: str, actor: str, reason: str) -> None:
+        if self.audit is not None:
+            self.audit.failure(namespace, "auth.failure", actor, reason)
+
+    def _touch(self, namespace: str, key_id: str, stored: int | None) -> None:
+        """Write the key's ``lastUsedAt`` in the background, at most once an interval."""
+        now = now_us()
+        ident = (namespace, key_id)
+        last = self._used.get(ident, stored or 0)
+        if now - last < self._last_used_interval:
+            return
+        self._used[ident] = now
+        if len(self._used) > _CACHE_SIZE:
+            self._used.clear()
+        task = asyncio.get_running_loop().create_task(self._write_used(namespace, key_id, now))
+        self._touches.add(task)
+        task.add_done_callback(self._touches.discard)
+
+    async def _write_used(self, namespace: str, key_id: str, at: int) -> None:
+        try:
+            await self.store.update_key(namespace, key_id, {"last_used_at": at})
+        except Exception:  # best effort: the next use tries again
+            self._used.pop((namespace, key_id), None)
+
+    async def close(self) -> None:
+        for task in list(self._touches):
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def _unauthorized(detail: str) -> Problem:

@@ -1,7 +1,8 @@
 """``aos``: the command line.
 
 ``aos serve`` runs the service (uvicorn with uvloop and httptools);
-``aos migrate`` brings the store's schema up to date and exits.
+``aos migrate`` brings the store's schema up to date and exits;
+``aos rewrap`` wraps every namespace's data keys with the primary master key.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import os
 import secrets
@@ -18,7 +20,7 @@ from pathlib import Path
 from storage_adapters import ConfigurationError, StoreURL, adapter_for
 
 from . import __version__
-from .logs import configure_logging, log_event
+from .logs import configure_logging, log_event, redact, register_secrets
 from .settings import Secret, Settings
 
 __all__ = ["main"]
@@ -42,9 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-access-log", action="store_true", help="do not log each request (AOS_ACCESS_LOG)"
     )
+    serve.add_argument(
+        "--tls-cert", help="serve HTTPS: PEM certificate chain (AOS_TLS_CERT, with --tls-key)"
+    )
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (AOS_TLS_KEY)")
 
     migrate = commands.add_parser("migrate", help="apply schema migrations to the store")
     migrate.add_argument("--storage-url", help="store URL (AOS_STORAGE_URL)")
+
+    rewrap = commands.add_parser(
+        "rewrap",
+        help="wrap every namespace's data keys with the primary master key (docs/security.md)",
+    )
+    rewrap.add_argument("--storage-url", help="store URL (AOS_STORAGE_URL)")
     return parser
 
 
@@ -80,9 +92,15 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from .app import create_app
+    from .tls import server_context
 
+    # A bad certificate or key stops the process here, before anything starts.
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = server_context(settings.tls_cert, settings.tls_key)
     log_config = configure_logging(settings.log_level)
     settings = _admin_token(settings)
+    register_secrets(settings.admin_token)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -97,6 +115,7 @@ def _serve(settings: Settings) -> int:
         server_header=False,
         # No client addresses are used, so forwarded headers need no parsing.
         proxy_headers=False,
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
     server = uvicorn.Server(config)
     # The objects made so far (modules, the app) live as long as the process:
@@ -108,6 +127,36 @@ def _serve(settings: Settings) -> int:
     gc.set_threshold(10_000, 50, 100)
     server.run()
     return 0 if server.started else 1
+
+
+async def _rewrap(settings: Settings) -> int:
+    """``aos rewrap``: prints what it did as JSON; exit 1 if a namespace was left."""
+    from .crypto import load_data_keys
+    from .namespaces import rewrap_namespaces
+
+    keys = load_data_keys(settings.master_keys, settings.master_key_file)
+    if keys is None:
+        raise ConfigurationError("aos rewrap needs AOS_MASTER_KEYS or AOS_MASTER_KEY_FILE")
+    store = adapter_for(settings.storage_url)
+    await store.open(migrate=settings.migrate_on_start)
+    try:
+        report = await rewrap_namespaces(store, keys)
+    finally:
+        await store.close()
+    print(
+        json.dumps(
+            {
+                "primary": report.primary,
+                "namespaces": report.namespaces,
+                "updated": report.updated,
+                "rewrapped": report.rewrapped,
+                "sealedSecrets": report.sealed_secrets,
+                "failed": list(report.failed),
+            }
+        ),
+        flush=True,
+    )
+    return 1 if report.failed else 0
 
 
 async def _migrate(settings: Settings) -> list[int]:
@@ -125,11 +174,19 @@ def main(argv: list[str] | None = None) -> int:
             overrides |= {"host": args.host, "port": args.port, "log_level": args.log_level}
             if args.no_access_log:
                 overrides["access_log"] = False
+            overrides |= {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
         settings = Settings.from_env(**overrides)
+        register_secrets(
+            settings.admin_token,
+            settings.cluster_secret,
+            StoreURL.parse(settings.storage_url).password,
+        )
         if args.command == "serve":
             adapter_for(settings.storage_url)  # fail now on a bad URL or a missing extra
             return _serve(settings)
         configure_logging(settings.log_level)
+        if args.command == "rewrap":
+            return asyncio.run(_rewrap(settings))
         applied = asyncio.run(_migrate(settings))
         log_event(
             logger,
@@ -139,5 +196,5 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     except ConfigurationError as exc:
-        print(f"aos: {exc}", file=sys.stderr)
+        print(f"aos: {redact(str(exc))}", file=sys.stderr)
         return 2

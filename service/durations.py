@@ -12,8 +12,10 @@ __all__ = ["format_duration", "parse_duration"]
 
 _ISO = re.compile(
     r"^P(?!$)(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$",
+    re.ASCII,
 )
+_MAX_LENGTH = 64
 _UNITS = {"weeks": 604_800, "days": 86_400, "hours": 3_600, "minutes": 60, "seconds": 1}
 
 
@@ -33,7 +35,10 @@ def parse_duration(value: object) -> float:
     if not isinstance(value, str):
         raise ValueError("a duration is a number of seconds or an ISO-8601 duration like PT1H")
     text = value.strip().upper()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
+    # Also keeps the value finite; and the patterns below take quadratic time on long digit runs.
+    if len(text) > _MAX_LENGTH:
+        raise ValueError(f"a duration is at most {_MAX_LENGTH} characters")
+    if re.fullmatch(r"\d+(\.\d+)?", text, re.ASCII):
         return float(text)
     match = _ISO.match(text)
     if match is None:

@@ -14,11 +14,13 @@ __all__ = [
     "new_key_id",
     "new_request_id",
     "valid_job_id",
+    "valid_key_id",
     "valid_namespace",
 ]
 
 NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 JOB_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+KEY_ID_RE = re.compile(r"[0-9a-z]{1,64}")
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -28,6 +30,11 @@ def valid_namespace(name: str) -> bool:
 
 def valid_job_id(job_id: str) -> bool:
     return JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def valid_key_id(key_id: str) -> bool:
+    """A key id as :func:`new_key_id` makes them (any 1-64 of its alphabet, to be lenient)."""
+    return KEY_ID_RE.fullmatch(key_id) is not None
 
 
 def _base32(value: int, length: int) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 
 from storage_adapters import StorageAdapter
 
+from .audit import AuditLog
 from .clock import now_us
 from .jobs import JobService
 from .logs import log_event
@@ -27,6 +28,7 @@ __all__ = ["Janitor"]
 logger = logging.getLogger("aos.janitor")
 
 _PAGE = 100
+_AUDIT_PAGE = 1000
 
 
 class Janitor:
@@ -39,6 +41,7 @@ class Janitor:
         interval: float,
         shards: Callable[[], Collection[int] | None] = lambda: None,
         clock: Callable[[], int] = now_us,
+        audit: AuditLog | None = None,
     ) -> None:
         """``shards``: the shards this node looks after (``None``: all of them)."""
         self.store = store
@@ -47,6 +50,7 @@ class Janitor:
         self.interval = interval
         self.shards = shards
         self.clock = clock
+        self.audit = audit
 
     async def run(self) -> None:
         while True:
@@ -67,6 +71,9 @@ class Janitor:
                 purged += 1
             if len(expired) < _PAGE:
                 break
+        if self.audit is not None:
+            while await self.audit.purge(_AUDIT_PAGE) == _AUDIT_PAGE:
+                pass
         if purged:
             log_event(logger, "janitor.swept", purged=purged)
         return purged

@@ -53,6 +53,7 @@ from storage_adapters.base import shielded
 from . import lifecycle
 from .clock import now_us
 from .codec import Codec
+from .crypto import inner_codec, seal_append
 from .hub import Hub, HubEvent, Topic
 from .ids import new_job_id
 from .logs import log_event
@@ -196,7 +197,8 @@ class JobService:
         while True:
             batch = await self.store.read_events(job.namespace, job.job_id, after_seq, limit)
             for event in batch:
-                yield event
+                job = await self.outputs.refreshed(job, event)  # knows the keys of new versions
+                yield await self.outputs.open(job, event)
             if len(batch) < limit:
                 return
             after_seq = batch[-1].seq
@@ -282,6 +284,7 @@ class JobService:
         *,
         sha256: str | None = None,
         encoded: lifecycle.Chunk | None = None,
+        max_size: int | None = None,
     ) -> AppendResult:
         """Append one chunk; a retry of a stored ``index`` returns the stored one.
 
@@ -289,19 +292,24 @@ class JobService:
         ``encoded`` is ``data`` encoded already.
         """
         chunk = encoded or await self.codec.encode_async(data)
+        key = await self.namespaces.chunk_key(namespace)  # None: stored in clear
         try:
             change = await self._mutate(
                 namespace,
                 job_id,
-                lambda job: lifecycle.append_chunk(
-                    job,
-                    chunk,
-                    fmt,
-                    content_type,
-                    self.clock(),
-                    index,
-                    sha256=sha256,
-                    max_size=self.max_version_bytes,
+                lambda job: seal_append(
+                    lifecycle.append_chunk(
+                        job,
+                        chunk,
+                        fmt,
+                        content_type,
+                        self.clock(),
+                        index,
+                        sha256=sha256,
+                        max_size=self.max_version_bytes if max_size is None else max_size,
+                    ),
+                    key,
+                    lambda key_id: self.namespaces.cached_key(namespace, key_id),
                 ),
                 plain=data,
             )
@@ -309,6 +317,8 @@ class JobService:
             event = await self.store.find_chunk(namespace, job_id, stored.version, stored.index)
             if event is None:  # deleted in between
                 raise JobNotFound(namespace, job_id) from None
+            if inner_codec(event.codec) is not None:
+                event = await self.outputs.open(await self.get(namespace, job_id), event)
             same = (
                 event.digest == chunk.digest
                 if event.digest is not None
@@ -322,7 +332,7 @@ class JobService:
                 ) from None
             return AppendResult(event, created=False)
         self.metrics.appended_bytes.inc(len(data))
-        self.metrics.stored_bytes.inc(len(chunk.data))
+        self.metrics.stored_bytes.inc(len(change.events[-1].data))
         return AppendResult(change.events[-1], created=True)
 
     async def seal(

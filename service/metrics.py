@@ -124,6 +124,23 @@ class Metrics:
             "Shards (of 1024) this node owns in its ring.",
             registry=registry,
         )
+        self.audit_entries = Counter(
+            "aos_audit_entries",
+            "Audit log entries recorded, by action.",
+            ["action"],
+            registry=registry,
+        )
+        self.audit_dropped = Counter(
+            "aos_audit_dropped",
+            "Audit entries dropped because too many were waiting for an unreachable store.",
+            registry=registry,
+        )
+        self.limited = Counter(
+            "aos_limited_requests",
+            "Requests refused by a rate limit or a quota, by which one.",
+            ["limit"],
+            registry=registry,
+        )
         self.forwards_of = _Children(self.forwards)
         self.request_duration_of = _Children(self.request_duration)
         self.jobs_of = _Children(self.jobs)

@@ -7,6 +7,11 @@ and every exception turned into its problem response.
   not distort the histogram.
 * An exception that escapes the app becomes a ``500`` problem response that
   still carries the request id.
+* Secure headers on every response (:data:`SECURITY_HEADERS`; HSTS too when
+  the request came over TLS), and on ``/api/`` responses that set no
+  ``Cache-Control``: ``no-store``, or ``private, no-cache`` when they carry an
+  ``ETag`` (they are revalidated, never stored by a shared cache). They are
+  precomputed tuples appended to the response's headers.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,11 +29,35 @@ from .metrics import Metrics
 from .problems import Problem, problem_response, response_for
 from .routing import ROUTE_KEY
 
-__all__ = ["RequestMiddleware"]
+__all__ = ["HSTS", "SECURITY_HEADERS", "RequestMiddleware"]
 
 logger = logging.getLogger("aos.http")
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+#: on every response (docs/operations.md, "TLS and secure headers")
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+)
+#: on every response to a request that came over TLS
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+_TLS_HEADERS = (*SECURITY_HEADERS, HSTS)
+_NO_STORE = (b"cache-control", b"no-store")
+_REVALIDATE = (b"cache-control", b"private, no-cache")
+
+
+def _default_cache_control(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
+    """The ``Cache-Control`` an ``/api/`` response gets when it sets none itself."""
+    etag = False
+    for name, _ in headers:
+        if name == b"cache-control":
+            return None
+        if name == b"etag":
+            etag = True
+    return _REVALIDATE if etag else _NO_STORE
 
 
 class RequestMiddleware:
@@ -54,13 +84,20 @@ class RequestMiddleware:
         status = 500
         response_started = False
         header = (b"x-request-id", request_id.encode("ascii"))
+        secure = _TLS_HEADERS if scope.get("scheme") == "https" else SECURITY_HEADERS
+        api = scope["path"].startswith("/api/")
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = message.get("headers", ())
+                cache = _default_cache_control(headers) if api else None
+                if cache is None:
+                    message["headers"] = [*headers, header, *secure]
+                else:
+                    message["headers"] = [*headers, header, *secure, cache]
                 self.metrics.request_duration_of(
                     scope["method"], scope.get(ROUTE_KEY, "unmatched"), str(status)
                 ).observe(time.perf_counter() - started)

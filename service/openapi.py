@@ -291,6 +291,57 @@ SCHEMAS: dict[str, Any] = {
                 "pattern": "^whsec_",
                 "description": "Replace the signing secrets with this one",
             },
+            "quotas": {"oneOf": [_ref("Quotas"), {"type": "null"}]},
+            "rateLimits": {"oneOf": [_ref("RateLimits"), {"type": "null"}]},
+            "subscriberKeys": {
+                "type": ["array", "null"],
+                "maxItems": 20,
+                "description": "Keys that sign subscriber tokens (omitted: kept as they are)",
+                "items": {
+                    "type": "object",
+                    "required": ["kid", "alg"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "kid": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                        "alg": {"enum": ["HS256", "EdDSA"]},
+                        "secret": {"type": "string", "minLength": 32},
+                        "publicKey": {"type": "string"},
+                    },
+                },
+            },
+            "auditRetention": {
+                "oneOf": [_DURATION, {"type": "null"}],
+                "description": "How long audit entries are kept (null: AOS_AUDIT_RETENTION)",
+            },
+        },
+    },
+    "Quotas": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": ["integer", "null"], "minimum": 0}
+            for name in ("maxJobs", "maxStoredBytes", "maxConcurrentStreams", "maxOutputBytes")
+        },
+    },
+    "RateLimits": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            name: {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["rate", "burst"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "rate": {"type": "number", "exclusiveMinimum": 0},
+                            "burst": {"type": "number", "minimum": 1},
+                        },
+                    },
+                    {"type": "null"},
+                ]
+            }
+            for name in ("namespace", "perKey", "statusPolls")
         },
     },
     "Namespace": {
@@ -325,6 +376,22 @@ SCHEMAS: dict[str, Any] = {
                     },
                 },
             },
+            "quotas": {"oneOf": [_ref("Quotas"), {"type": "null"}]},
+            "rateLimits": {"oneOf": [_ref("RateLimits"), {"type": "null"}]},
+            "subscriberKeys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kid", "alg", "managed"],
+                    "properties": {
+                        "kid": {"type": "string"},
+                        "alg": {"enum": ["HS256", "EdDSA"]},
+                        "managed": {"type": "boolean"},
+                        "publicKey": {"type": "string"},
+                    },
+                },
+            },
+            "auditRetention": {"type": ["integer", "null"]},
             "createdAt": _TS,
             "updatedAt": _TS,
         },
@@ -397,17 +464,94 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["role"],
         "additionalProperties": False,
-        "properties": {"role": {"enum": ["admin", "producer", "consumer"]}},
+        "properties": {
+            "role": {"enum": ["admin", "producer", "consumer"]},
+            "name": {"type": "string", "minLength": 1, "maxLength": 128},
+            "expiresIn": _DURATION,
+            "expiresAt": {"type": "string", "format": "date-time"},
+        },
     },
-    "Key": {
+    "KeyInfo": {
         "type": "object",
-        "required": ["keyId", "key", "namespace", "role", "createdAt"],
+        "required": [
+            "keyId",
+            "namespace",
+            "role",
+            "name",
+            "state",
+            "createdAt",
+            "expiresAt",
+            "revokedAt",
+            "lastUsedAt",
+        ],
         "properties": {
             "keyId": {"type": "string"},
-            "key": {"type": "string", "description": "Shown once; only its hash is stored."},
             "namespace": {"type": "string"},
             "role": {"enum": ["admin", "producer", "consumer"]},
+            "name": {"type": ["string", "null"]},
+            "state": {"enum": ["active", "expired", "revoked"]},
             "createdAt": _TS,
+            "expiresAt": _TS_OR_NULL,
+            "revokedAt": _TS_OR_NULL,
+            "lastUsedAt": {
+                **_TS_OR_NULL,
+                "description": "When the key last authenticated a request (to about a minute)",
+            },
+        },
+    },
+    "Key": {
+        "allOf": [
+            _ref("KeyInfo"),
+            {
+                "type": "object",
+                "required": ["key"],
+                "properties": {
+                    "key": {"type": "string", "description": "Shown once; only its hash is stored."}
+                },
+            },
+        ]
+    },
+    "KeyRotation": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"gracePeriod": {**_DURATION, "description": "How long the old key works"}},
+    },
+    "TokenRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "jobId": {"type": "string", "pattern": _JOB_ID},
+            "subject": {"type": "string", "minLength": 1, "maxLength": 128},
+            "ttl": _DURATION,
+        },
+    },
+    "Token": {
+        "type": "object",
+        "required": ["token", "tokenType", "namespace", "jobId", "subject", "expiresAt"],
+        "properties": {
+            "token": {
+                "type": "string",
+                "description": "A JWT: Authorization: Bearer, or ?access_token=",
+            },
+            "tokenType": {"const": "Bearer"},
+            "namespace": {"type": "string"},
+            "jobId": {"type": ["string", "null"]},
+            "subject": {"type": ["string", "null"]},
+            "expiresAt": _TS,
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["id", "at", "action", "actor", "outcome", "target", "requestId", "detail"],
+        "properties": {
+            "id": {"type": "string"},
+            "at": _TS,
+            "action": {"type": "string"},
+            "actor": {"type": "string", "description": "root, key:<keyId>, token:<sub>"},
+            "outcome": {"enum": ["success", "failure"]},
+            "target": {"type": ["string", "null"]},
+            "requestId": {"type": ["string", "null"]},
+            "detail": {"type": "object"},
         },
     },
 }
@@ -416,6 +560,10 @@ _COMMON_PROBLEMS = {
     "400": _problem("Bad request (path, query or header)"),
     "401": _problem("Missing or invalid credentials"),
     "403": _problem("The key may not do this in this namespace"),
+    "429": {
+        **_problem("Over a rate limit or a quota; see Retry-After"),
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    },
     "503": _problem("The store is unavailable; nothing was written"),
 }
 
@@ -482,6 +630,15 @@ _RAW_HEADERS = {
     },
 }
 _CONFLICT = _problem("The change conflicts with the job's state")
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["status", "progress", "version", "chunk", "reset", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the entry's seq"},
+    },
+}
 
 
 def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
@@ -698,7 +855,9 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
                         "description": "The bytes (stored zstd frames as they are, with "
                         "Content-Encoding: zstd, to a client that accepts zstd)",
                         "headers": {**_ETAG, **_RAW_HEADERS},
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                        # The stored bytes in the version's content type: no schema
+                        # (OpenAPI 3.1's way for binary content; a JSON one is JSON).
+                        "content": {"*/*": {}},
                     },
                     "206": {
                         "description": "The byte range asked for",
@@ -707,7 +866,7 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
                             **_RAW_HEADERS,
                             "Content-Range": {"schema": {"type": "string"}},
                         },
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                        "content": {"*/*": {}},
                     },
                     "304": {"description": "Not modified"},
                     "404": _NOT_FOUND,
@@ -790,7 +949,9 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
                 {
                     "200": {
                         "description": "An event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        # One event (OpenAPI 3.2's itemSchema; the events are
+                        # what an EventSource gets: event, data, last id).
+                        "content": {"text/event-stream": {"itemSchema": _SSE_EVENT}},
                     },
                     "204": {"description": "The job is finished and the cursor is at its end"},
                     "404": _NOT_FOUND,
@@ -813,6 +974,14 @@ def _job_operations(prefix: str, short: bool) -> dict[str, dict[str, Any]]:
             ),
         },
     }
+
+
+_KEY_PARAM = {
+    "name": "key_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-z]{1,64}$"},
+}
 
 
 def build_openapi() -> dict[str, Any]:
@@ -855,9 +1024,98 @@ def build_openapi() -> dict[str, Any]:
                 {
                     "201": _json(_ref("Key"), "Created"),
                     "404": _problem("No such namespace"),
+                    "409": _problem("The namespace has as many keys as it may"),
+                    "413": _problem("Body too large"),
                     "422": _problem("Invalid body"),
                 },
                 body=_json_body("KeyRequest"),
+            ),
+            "get": _operation(
+                "listKeys",
+                "Every key of the namespace, revoked and expired ones too (never a secret)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": _ref("KeyInfo")}},
+                        },
+                        "Keys",
+                    )
+                },
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/keys/{key_id}": {
+            "parameters": [ns_param, _KEY_PARAM],
+            "get": _operation(
+                "getKey",
+                "One key",
+                {"200": _json(_ref("KeyInfo"), "The key"), "404": _problem("No such key")},
+            ),
+            "delete": _operation(
+                "revokeKey",
+                "Revoke a key: it stops working (on other nodes within AOS_KEY_CACHE)",
+                {"204": {"description": "Revoked"}, "404": _problem("No such key")},
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/keys/{key_id}/rotate": {
+            "parameters": [ns_param, _KEY_PARAM],
+            "post": _operation(
+                "rotateKey",
+                "A new key with the same role; the old one expires after the grace period",
+                {
+                    "201": _json(_ref("Key"), "The new key"),
+                    "404": _problem("No such key"),
+                    "409": _problem("The key is revoked or expired"),
+                    "413": _problem("Body too large"),
+                    "422": _problem("Invalid body"),
+                },
+                body=_json_body("KeyRotation", required=False),
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/subscriber-tokens": {
+            "parameters": [ns_param],
+            "post": _operation(
+                "mintSubscriberToken",
+                "A short-lived read-only token for a browser (any key of the namespace)",
+                {
+                    "201": _json(_ref("Token"), "The token"),
+                    "404": _problem("No such namespace"),
+                    "413": _problem("Body too large"),
+                    "422": _problem("Invalid body"),
+                },
+                body=_json_body("TokenRequest", required=False),
+            ),
+        },
+        "/api/v1/namespaces/{namespace}/audit": {
+            "parameters": [ns_param],
+            "get": _operation(
+                "readAuditLog",
+                "The namespace's audit log, newest first",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items", "nextCursor"],
+                            "properties": {
+                                "items": {"type": "array", "items": _ref("AuditEntry")},
+                                "nextCursor": {"type": ["string", "null"]},
+                            },
+                        },
+                        "A page of entries",
+                    )
+                },
+                parameters=[
+                    _query(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size"
+                    ),
+                    _query("cursor", {"type": "string"}, "nextCursor of the previous page"),
+                    _query(
+                        "since", {"type": "string", "format": "date-time"}, "Entries at or after"
+                    ),
+                    _query("until", {"type": "string", "format": "date-time"}, "Entries before"),
+                    _query("action", {"type": "string"}, "Only actions starting with this"),
+                ],
             ),
         },
         "/api/v1/namespaces/{namespace}/webhook-secrets": {

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from storage_adapters import CorruptData, JobRecord, OutputFormat, VersionRecord
 
 from . import validation
-from .api import AppState, JSONResponse, job_call, job_location
+from .api import AppState, JSONResponse, job_call, job_location, namespace_config
 from .auth import Action
 from .clock import render_timestamp
 from .codec import ZSTD, raw_frame
@@ -50,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger("aos.output")
 
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
 
 
 # -- writing ------------------------------------------------------------------------
@@ -62,7 +62,23 @@ async def append_output(request: Request) -> Response:
     index = validation.parse_chunk_index(request.headers.get("x-chunk-index"))
     data = await validation.read_body(request, state.settings.max_chunk_bytes)
     validation.check_chunk(data, fmt)
-    result = await state.jobs.append(namespace, job_id, data, fmt, content_type, index)
+    config = await namespace_config(state, namespace)
+    undo = await state.limits.reserve_bytes(config, namespace, len(data))
+    try:
+        result = await state.jobs.append(
+            namespace,
+            job_id,
+            data,
+            fmt,
+            content_type,
+            index,
+            max_size=state.limits.max_output(config, state.settings.max_version_bytes),
+        )
+    except BaseException:
+        undo()
+        raise
+    if not result.created:
+        undo()
     chunk = result.event
     return JSONResponse(
         {"seq": chunk.seq, "version": chunk.version, "index": chunk.index, "size": len(data)},
@@ -87,14 +103,22 @@ async def put_output(request: Request) -> Response:
     state, namespace, job_id = await job_call(request, Action.WRITE)
     fmt, content_type = validation.chunk_format(request.headers.get("content-type"))
     resume = validation.parse_chunk_index(request.headers.get("x-chunk-index"))
-    settings = state.settings
+    config = await namespace_config(state, namespace)
+    limit = state.limits.max_output(config, state.settings.max_version_bytes)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_version_bytes:
+    if declared is not None and validation.is_count(declared) and int(declared) > limit:
         raise Problem(
             "version-too-large",
-            f"the body is {declared} bytes; a version holds at most "
-            f"{settings.max_version_bytes} bytes",
+            f"the body is {declared} bytes; a version holds at most {limit} bytes",
         )
+    undo = None
+    if state.limits.needs_length(config):
+        if declared is None or not validation.is_count(declared):
+            raise Problem(
+                "length-required",
+                f"namespace {namespace!r} has a storage quota: send Content-Length",
+            )
+        undo = await state.limits.reserve_bytes(config, namespace, int(declared))
     job = await state.jobs.get(namespace, job_id)
     if job.terminal:
         raise InvalidChange(f"the job is {job.status.value}, which is final", "job-terminal")
@@ -128,7 +152,7 @@ async def put_output(request: Request) -> Response:
                 "size": version.size,
             },
         )
-    upload = _Upload(state, job, version, fmt, content_type)
+    upload = _Upload(state, job, version, fmt, content_type, limit)
     try:
         if first:
             await upload.hash_stored()
@@ -147,6 +171,10 @@ async def put_output(request: Request) -> Response:
             storedChunks=upload.next_index,
         )
         return Response(status_code=400)
+    except BaseException:
+        if undo is not None:
+            undo()  # the next usage refresh counts what was stored
+        raise
     finally:
         await upload.settle()
     job = await state.jobs.get(namespace, job_id)
@@ -180,6 +208,7 @@ class _Upload:
         version: VersionRecord,
         fmt: OutputFormat,
         content_type: str,
+        limit: int,
     ) -> None:
         self.jobs: JobService = state.jobs
         self.job = job
@@ -187,7 +216,7 @@ class _Upload:
         self.fmt = fmt
         self.content_type = content_type
         self.chunk_size = state.settings.upload_chunk_bytes
-        self.limit = state.settings.max_version_bytes
+        self.limit = limit
         self.buffer = bytearray()
         self.sha = hashlib.sha256()
         self.next_index = version.chunks
@@ -305,6 +334,7 @@ class _Upload:
             index,
             sha256=self.sha.hexdigest() if last else None,
             encoded=chunk,
+            max_size=self.limit,
         )
         if not result.created:
             raise Problem(
@@ -328,7 +358,7 @@ def _version_param(request: Request, current: int) -> int:
     raw = request.query_params.get("version")
     if raw is None or raw == "":
         return current
-    if not raw.isdigit() or int(raw) < 1:
+    if not validation.is_count(raw) or int(raw) < 1:
         raise Problem("bad-request", "?version must be a positive integer")
     return int(raw)
 
@@ -540,14 +570,22 @@ def requested_range(
         raise unsatisfiable
     first, last = match.groups()
     if first == "":  # the last N bytes
-        if int(last) == 0 or size == 0:
+        suffix = _range_position(last)
+        if suffix == 0 or size == 0:
             raise unsatisfiable
-        return max(0, size - int(last)), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or (last != "" and int(last) < start):
+        return max(0, size - suffix), size - 1
+    start = _range_position(first)
+    end = size - 1 if last == "" else min(_range_position(last), size - 1)
+    if start >= size or (last != "" and _range_position(last) < start):
         raise unsatisfiable
     return start, end
+
+
+def _range_position(digits: str) -> int:
+    """A byte position of a range; past any size when it has more digits than
+    ``int`` reads (4300)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else 1 << 63
 
 
 def accepts_zstd(accept_encoding: str | None) -> bool:

@@ -5,6 +5,8 @@ A version is read in batches of chunks, as many at a time as fit in
 costs a node one batch of memory whatever its chunk sizes. Chunks come back
 in order and are checked to follow on from each other (index and byte
 offset): a missing chunk is an error, never a silently shorter output.
+Encrypted chunks are decrypted as they are read (:meth:`OutputReader.open`),
+so everything above sees chunks as encoded: zstd frames or bytes as they came.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from storage_adapters import CorruptData, EventRecord, JobRecord, StorageAdapter, VersionRecord
 
 from .codec import Codec
+from .crypto import EncryptionKeyMissing, KeySource, inner_codec, open_chunk
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hash
@@ -29,14 +32,21 @@ _MAX_BATCH = 256
 
 class OutputReader:
     def __init__(
-        self, store: StorageAdapter, codec: Codec, *, batch_bytes: int, max_chunk: int
+        self,
+        store: StorageAdapter,
+        codec: Codec,
+        *,
+        batch_bytes: int,
+        max_chunk: int,
+        keys: KeySource | None = None,
     ) -> None:
         """``max_chunk``: the size to assume for a version that does not record
-        its largest chunk."""
+        its largest chunk; ``keys``: where the data keys of encrypted chunks are."""
         self.store = store
         self.codec = codec
         self.batch_bytes = batch_bytes
         self.max_chunk = max_chunk
+        self.keys = keys
 
     def batch_limit(self, largest: int) -> int:
         """How many entries of at most ``largest`` bytes make one batch."""
@@ -74,7 +84,7 @@ class OutputReader:
                     if chunk.index != expected:
                         break
                     expected += 1
-                    yield chunk
+                    yield await self.open(job, chunk)
                 if expected < version.chunks and upcoming is None:
                     raise CorruptData(
                         f"chunk {expected} of version {version.number} of job "
@@ -132,6 +142,7 @@ class OutputReader:
             chunk = await self.store.find_chunk(job.namespace, job.job_id, version.number, guess)
             if chunk is None:
                 raise CorruptData(f"chunk {guess} of version {version.number} is missing")
+            chunk = await self.open(job, chunk)
             if offset < chunk.offset:
                 high = guess - 1
             elif offset >= chunk.offset + self.codec.size_of(chunk):
@@ -140,3 +151,33 @@ class OutputReader:
                 return chunk
             guess = (low + high) // 2
         raise CorruptData(f"no chunk of version {version.number} holds byte {offset}")
+
+    async def open(self, job: JobRecord, event: EventRecord) -> EventRecord:
+        """``event`` with its bytes decrypted if it is an encrypted chunk (else
+        as it is), with the data key its version records."""
+        if inner_codec(event.codec) is None:
+            return event
+        version = (await self.refreshed(job, event)).version(event.version)
+        key_id = version.key_id if version is not None else None
+        if key_id is None:
+            raise CorruptData(
+                f"chunk {event.index} of version {event.version} of job {job.job_id!r} is "
+                "encrypted, but its version names no data key"
+            )
+        if self.keys is None:
+            raise EncryptionKeyMissing(
+                f"chunk {event.index} of version {event.version} of job {job.job_id!r} is "
+                "encrypted, and encryption is not configured here"
+            )
+        key = await self.keys.data_key(job.namespace, key_id)
+        return open_chunk(key, job.namespace, job.job_id, event)
+
+    async def refreshed(self, job: JobRecord, event: EventRecord) -> JobRecord:
+        """``job``, or the row read again if ``event`` is an encrypted chunk of a
+        version whose data key ``job`` (read before the chunk was) does not know."""
+        if inner_codec(event.codec) is None:
+            return job
+        version = job.version(event.version)
+        if version is not None and version.key_id is not None:
+            return job
+        return await self.store.get_job(job.namespace, job.job_id) or job

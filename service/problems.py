@@ -25,6 +25,7 @@ from storage_adapters import (
     StoreUnavailable,
 )
 
+from .crypto import EncryptionKeyMissing
 from .jobs import JobNotFound
 from .lifecycle import InvalidChange
 from .logs import log_event, request_id_var
@@ -45,6 +46,8 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "version-not-found": (404, "Output version not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "conflict": (409, "Conflict with the current state"),
+    "key-limit": (409, "Too many keys"),
+    "length-required": (411, "Content-Length required"),
     "job-exists": (409, "Job exists with a different body"),
     "invalid-transition": (409, "Invalid status transition"),
     "chunk-index-conflict": (409, "Chunk index conflict"),
@@ -60,7 +63,10 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "unsupported-media-type": (415, "Unsupported media type"),
     "range-not-satisfiable": (416, "Range not satisfiable"),
     "validation-failed": (422, "Request is not valid"),
+    "rate-limited": (429, "Rate limit exceeded"),
+    "quota-exceeded": (429, "Quota exceeded"),
     "store-unavailable": (503, "Store unavailable"),
+    "encryption-key-missing": (503, "Encryption key missing"),
     "owner-failed": (502, "The node that owns the namespace failed"),
     "owner-timeout": (504, "The node that owns the namespace did not answer in time"),
     "internal-error": (500, "Internal error"),
@@ -163,6 +169,11 @@ def _on_store_error(exc: Exception, scope: Scope) -> Response:
     return problem_response(Problem("internal-error", "the store returned unreadable data"))
 
 
+def _on_key_missing(exc: Exception, scope: Scope) -> Response:
+    log_event(logger, "encryption.key_missing", logging.ERROR, detail=str(exc))
+    return problem_response(Problem("encryption-key-missing", str(exc)))
+
+
 def _on_job_not_found(exc: Exception, scope: Scope) -> Response:
     return problem_response(Problem("job-not-found", str(exc)))
 
@@ -176,6 +187,7 @@ _HANDLERS: dict[type[Exception], Callable[[Exception, Scope], Response]] = {
     Problem: _on_problem,
     HTTPException: _on_http_exception,
     StoreError: _on_store_error,
+    EncryptionKeyMissing: _on_key_missing,
     JobNotFound: _on_job_not_found,
     InvalidChange: _on_invalid_change,
 }

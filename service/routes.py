@@ -32,7 +32,11 @@ _NS = "/api/v1/namespaces/{namespace}"
 
 OTHER_ROUTES: list[tuple[str, dict[str, Handler]]] = [
     (_NS, {"PUT": api.put_namespace, "GET": api.get_namespace}),
-    (f"{_NS}/keys", {"POST": api.create_key}),
+    (f"{_NS}/keys", {"POST": api.create_key, "GET": api.list_keys}),
+    (f"{_NS}/keys/{{key_id}}", {"GET": api.get_key, "DELETE": api.revoke_key}),
+    (f"{_NS}/keys/{{key_id}}/rotate", {"POST": api.rotate_key}),
+    (f"{_NS}/subscriber-tokens", {"POST": api.mint_token}),
+    (f"{_NS}/audit", {"GET": api.read_audit}),
     (f"{_NS}/webhook-secrets", {"POST": webhook_api.rotate_secret}),
     (f"{_NS}/webhook-endpoints", {"GET": webhook_api.list_endpoints}),
     (f"{_NS}/webhook-endpoints/enable", {"POST": webhook_api.enable_endpoint}),

@@ -108,6 +108,24 @@ def _optional_secret(raw: str) -> Secret | None:
     return Secret(raw) if raw else None
 
 
+def _optional_path(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _master_keys(raw: str) -> Secret | None:
+    """Checked now (a bad key stops the start); the error never shows the keys,
+    so it is a ConfigurationError rather than a ValueError, which would."""
+    from .crypto import parse_master_keys
+
+    if not raw.strip():
+        return None
+    try:
+        parse_master_keys(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"AOS_MASTER_KEYS: {exc}") from None
+    return Secret(raw)
+
+
 def _peers(raw: str) -> tuple[Member, ...]:
     return tuple(parse_peers(raw))
 
@@ -156,6 +174,9 @@ class Settings:
     node_id: str = field(default_factory=socket.gethostname, metadata=_env("AOS_NODE_ID", str))
     log_level: str = field(default="info", metadata=_env("AOS_LOG_LEVEL", str))
     access_log: bool = field(default=True, metadata=_env("AOS_ACCESS_LOG", _bool))
+    #: serve HTTPS (TLS 1.3 at least) with this PEM certificate chain and key; both or neither
+    tls_cert: str | None = field(default=None, metadata=_env("AOS_TLS_CERT", _optional_path))
+    tls_key: str | None = field(default=None, metadata=_env("AOS_TLS_KEY", _optional_path))
 
     # -- limits on input ----------------------------------------------------
     max_chunk_bytes: int = field(default=1 * MIB, metadata=_env("AOS_MAX_CHUNK_BYTES", _size))
@@ -210,6 +231,38 @@ class Settings:
     key_cache_seconds: float = field(default=10.0, metadata=_env("AOS_KEY_CACHE", _seconds))
     store_check_interval: float = field(
         default=5.0, metadata=_env("AOS_STORE_CHECK_INTERVAL", _seconds)
+    )
+
+    # -- security and tenancy (docs/security.md) ---------------------------------
+    #: audit entries are kept this long (a namespace's ``auditRetention`` overrides it)
+    audit_retention: int | None = field(
+        default=90 * 86_400, metadata=_env("AOS_AUDIT_RETENTION", _retention)
+    )
+    #: audit entries are written to the store in batches, at least this often
+    audit_flush_interval: float = field(
+        default=0.25, metadata=_env("AOS_AUDIT_FLUSH_INTERVAL", _seconds)
+    )
+    #: subscriber tokens the service mints live this long unless the request asks less
+    token_ttl: float = field(default=900.0, metadata=_env("AOS_TOKEN_TTL", _seconds))
+    #: no subscriber token is accepted whose lifetime (or time left) exceeds this
+    max_token_lifetime: float = field(
+        default=86_400.0, metadata=_env("AOS_MAX_TOKEN_LIFETIME", _seconds)
+    )
+    #: a key's ``lastUsedAt`` is written at most this often
+    key_last_used_interval: float = field(
+        default=60.0, metadata=_env("AOS_KEY_LAST_USED_INTERVAL", _seconds)
+    )
+    max_keys_per_namespace: int = field(
+        default=1000, metadata=_env("AOS_MAX_KEYS_PER_NAMESPACE", _positive_int)
+    )
+    #: the owner re-reads a namespace's usage (jobs, stored bytes) from the store this often
+    quota_refresh: float = field(default=60.0, metadata=_env("AOS_QUOTA_REFRESH", _seconds))
+    #: encryption at rest: master keys ``id:base64(32 bytes)``, comma-separated,
+    #: the first wraps new data keys (unset, with no key file: no encryption)
+    master_keys: Secret | None = field(default=None, metadata=_env("AOS_MASTER_KEYS", _master_keys))
+    #: or a file of them, one ``id:base64`` a line, re-read when it changes
+    master_key_file: str | None = field(
+        default=None, metadata=_env("AOS_MASTER_KEY_FILE", _optional_path)
     )
 
     # -- webhooks -----------------------------------------------------------
@@ -267,6 +320,7 @@ class Settings:
     forward_timeout: float = field(default=90.0, metadata=_env("AOS_FORWARD_TIMEOUT", _seconds))
 
     def __post_init__(self) -> None:
+        self._check_tls()
         if self.peers and self.node_id not in {m.id for m in self.peers}:
             raise ConfigurationError(
                 f"AOS_PEERS does not list this node: add {self.node_id}=http://host:port "
@@ -286,6 +340,29 @@ class Settings:
                     f"{name}={value}: a chunk is at most {MAX_CHUNK} bytes (64 MiB); "
                     "a few MiB is best"
                 )
+
+    def _check_tls(self) -> None:
+        """TLS settings come in pairs, and members talk to each other in plain HTTP
+        (``sharding.http1``): refuse what would start a node its peers cannot reach."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigurationError(
+                "AOS_TLS_CERT and AOS_TLS_KEY (--tls-cert, --tls-key) go together: "
+                "set both to serve HTTPS, or neither"
+            )
+        for name, url in [("AOS_PEERS", m.url) for m in self.peers] + [
+            ("AOS_NODE_URL", self.node_url or "")
+        ]:
+            if url.startswith("https://"):
+                raise ConfigurationError(
+                    f"{name}: {url}: cluster members reach each other over plain http only; "
+                    "terminate TLS in front of the cluster (docs/operations.md)"
+                )
+        if self.tls_cert is not None and (self.peers or self.peers_dns):
+            raise ConfigurationError(
+                "AOS_TLS_CERT with AOS_PEERS or AOS_PEERS_DNS: cluster members reach each "
+                "other over plain http, which a TLS listener refuses; terminate TLS in front "
+                "of the cluster instead (docs/operations.md)"
+            )
 
     @property
     def largest_chunk(self) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -40,8 +40,11 @@ class EventStream:
         ping: float,
         send_timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
+        """``on_close``: called once the stream is over, however it ends."""
         self.frames = frames
+        self.on_close = on_close
         self.ping = ping
         self.send_timeout = send_timeout
         self.headers = [
@@ -57,6 +60,13 @@ class EventStream:
         self._ended = False  # the watcher ended the stream (client gone or stuck)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         writer = asyncio.current_task()
         assert writer is not None

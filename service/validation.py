@@ -20,9 +20,10 @@ import orjson
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
-from storage_adapters import JobQuery, JobStatus, OutputFormat
+from storage_adapters import AuditQuery, JobQuery, JobStatus, OutputFormat
 
-from .auth import Role
+from . import tokens
+from .auth import KEY_ROLES, Role
 from .clock import parse_timestamp
 from .durations import parse_duration
 from .ids import valid_job_id, valid_namespace
@@ -32,14 +33,20 @@ from .problems import Problem
 from .settings import Settings
 
 __all__ = [
+    "AuditCursor",
     "Cursor",
     "chunk_format",
+    "is_count",
+    "is_int64",
+    "parse_audit_query",
     "parse_chunk_index",
     "parse_key_request",
     "parse_list_query",
     "parse_namespace_config",
     "parse_new_job",
+    "parse_rotation",
     "parse_status_patch",
+    "parse_token_request",
     "read_body",
     "read_json",
 ]
@@ -301,13 +308,103 @@ def _schedule(value: Any, errors: _Errors) -> list[float] | None:
     return delays
 
 
+#: the most anyone may configure: sanity bounds, not defaults
+MAX_RATE = 1_000_000.0
+MAX_QUOTA = 1 << 62
+QUOTAS = ("maxJobs", "maxStoredBytes", "maxConcurrentStreams", "maxOutputBytes")
+RATE_LIMITS = ("namespace", "perKey", "statusPolls")
+MAX_SUBSCRIBER_KEYS = 20
+
+
+def _rate_limits(value: Any, errors: _Errors) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.add("/rateLimits", f"must be an object with any of {', '.join(RATE_LIMITS)}")
+        return None
+    _unknown_fields(value, set(RATE_LIMITS), errors, "/rateLimits")
+    limits: dict[str, Any] = {}
+    for name in RATE_LIMITS:
+        entry, pointer = value.get(name), f"/rateLimits/{name}"
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"rate", "burst"}:
+            errors.add(pointer, 'must be {"rate": <per second>, "burst": <requests>}')
+            continue
+        rate, burst = entry["rate"], entry["burst"]
+        if not _number(rate) or not 0 < rate <= MAX_RATE:
+            errors.add(f"{pointer}/rate", f"must be a number above 0 and at most {MAX_RATE:g}")
+        elif not _number(burst) or not 1 <= burst <= MAX_RATE:
+            errors.add(f"{pointer}/burst", f"must be a number from 1 to {MAX_RATE:g}")
+        else:
+            limits[name] = {"rate": rate, "burst": burst}
+    return limits or None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _quotas(value: Any, errors: _Errors) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.add("/quotas", f"must be an object with any of {', '.join(QUOTAS)}")
+        return None
+    _unknown_fields(value, set(QUOTAS), errors, "/quotas")
+    quotas: dict[str, int] = {}
+    for name in QUOTAS:
+        entry = value.get(name)
+        if entry is None:
+            continue
+        if not isinstance(entry, int) or isinstance(entry, bool) or not 0 <= entry <= MAX_QUOTA:
+            errors.add(f"/quotas/{name}", "must be a whole number from 0, or null for no quota")
+        else:
+            quotas[name] = entry
+    return quotas or None
+
+
+def _subscriber_keys(value: Any, errors: _Errors) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_SUBSCRIBER_KEYS:
+        errors.add("/subscriberKeys", f"must be a list of at most {MAX_SUBSCRIBER_KEYS} keys")
+        return None
+    keys: list[dict[str, Any]] = []
+    for i, entry in enumerate(value):
+        try:
+            keys.append(tokens.parse_key_config(entry))
+        except ValueError as exc:
+            errors.add(f"/subscriberKeys/{i}", str(exc))
+    if len({k["kid"] for k in keys}) != len(keys):
+        errors.add("/subscriberKeys", "kids must be unique")
+    return keys
+
+
+def _audit_retention(value: Any, errors: _Errors) -> int | None:
+    if value is None:
+        return None
+    return _ttl(value, "/auditRetention", errors)
+
+
 def parse_namespace_config(body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The settings of ``PUT /namespaces/{ns}`` (``{}`` means defaults), and
-    the signing secret it sets, if it sets one."""
+    the signing secret it sets, if it sets one. ``subscriberKeys`` and
+    ``auditRetention`` are in the settings only when the body has them (an
+    omitted one keeps its value)."""
     errors = _Errors()
     _unknown_fields(
         body,
-        {"defaultRetentionPolicy", "webhookUrl", "webhookRetrySchedule", "webhookSecret"},
+        {
+            "defaultRetentionPolicy",
+            "webhookUrl",
+            "webhookRetrySchedule",
+            "webhookSecret",
+            "quotas",
+            "rateLimits",
+            "subscriberKeys",
+            "auditRetention",
+        },
         errors,
     )
     ttl = _retention(body.get("defaultRetentionPolicy"), "/defaultRetentionPolicy", errors)
@@ -317,25 +414,166 @@ def parse_namespace_config(body: Mapping[str, Any]) -> tuple[dict[str, Any], str
     if secret is not None and (not isinstance(secret, str) or not SECRET_RE.fullmatch(secret)):
         errors.add("/webhookSecret", "must be whsec_ followed by base64 of 24 or more bytes")
         secret = None
+    quotas = _quotas(body.get("quotas"), errors)
+    rate_limits = _rate_limits(body.get("rateLimits"), errors)
+    subscriber_keys = _subscriber_keys(body.get("subscriberKeys"), errors)
+    audit_retention = _audit_retention(body.get("auditRetention"), errors)
     errors.raise_if_any()
-    settings = {
+    settings: dict[str, Any] = {
         "defaultRetentionPolicy": {"ttl": ttl} if ttl is not None else None,
         "webhookUrl": webhook_url,
         "webhookRetrySchedule": schedule,
+        "quotas": quotas,
+        "rateLimits": rate_limits,
     }
+    if "subscriberKeys" in body:
+        settings["subscriberKeys"] = subscriber_keys or []
+    if "auditRetention" in body:
+        settings["auditRetention"] = audit_retention
     return settings, secret
 
 
-def parse_key_request(body: Mapping[str, Any]) -> Role:
+MAX_KEY_NAME = 128
+
+
+def _expiry(body: Mapping[str, Any], now: int, errors: _Errors) -> int | None:
+    """``expiresIn`` (a duration) or ``expiresAt`` (a timestamp), as µs."""
+    if body.get("expiresIn") is not None and body.get("expiresAt") is not None:
+        errors.add("/expiresAt", "give expiresIn or expiresAt, not both")
+        return None
+    if body.get("expiresIn") is not None:
+        seconds = _ttl(body["expiresIn"], "/expiresIn", errors)
+        return now + seconds * 1_000_000 if seconds is not None else None
+    raw = body.get("expiresAt")
+    if raw is None:
+        return None
+    try:
+        at = parse_timestamp(raw) if isinstance(raw, str) else None
+    except ValueError:
+        at = None
+    if at is None:
+        errors.add("/expiresAt", "must be an RFC 3339 timestamp")
+    elif at <= now:
+        errors.add("/expiresAt", "is in the past")
+    elif at > now + MAX_TTL_SECONDS * 1_000_000:
+        errors.add("/expiresAt", f"is more than {MAX_TTL_SECONDS} seconds away")
+    else:
+        return at
+    return None
+
+
+def parse_key_request(body: Mapping[str, Any], now: int) -> tuple[Role, str | None, int | None]:
+    """``(role, name, expires_at)`` of ``POST /namespaces/{ns}/keys``."""
     errors = _Errors()
-    _unknown_fields(body, {"role"}, errors)
+    _unknown_fields(body, {"role", "name", "expiresIn", "expiresAt"}, errors)
     try:
         role = Role(str(body.get("role")))
+        if role not in KEY_ROLES:
+            raise ValueError(role)
     except ValueError:
         errors.add("/role", "must be one of admin, producer, consumer")
         role = Role.CONSUMER
+    name = body.get("name")
+    if name is not None and (
+        not isinstance(name, str) or not 1 <= len(name) <= MAX_KEY_NAME or not name.isprintable()
+    ):
+        errors.add("/name", f"must be a string of 1 to {MAX_KEY_NAME} printable characters")
+    expires_at = _expiry(body, now, errors)
     errors.raise_if_any()
-    return role
+    return role, name, expires_at
+
+
+def parse_rotation(body: Mapping[str, Any]) -> int:
+    """The grace period (seconds) of ``POST …/keys/{keyId}/rotate``: how long
+    the old key keeps working. Default one hour; 0 ends it at once."""
+    errors = _Errors()
+    _unknown_fields(body, {"gracePeriod"}, errors)
+    raw = body.get("gracePeriod")
+    grace = 3600
+    if raw is not None:
+        try:
+            grace = math.ceil(parse_duration(raw))
+        except ValueError as exc:
+            errors.add("/gracePeriod", str(exc))
+        else:
+            if not 0 <= grace <= 30 * 86_400:
+                errors.add("/gracePeriod", "must be from 0 to 30 days")
+    errors.raise_if_any()
+    return grace
+
+
+def parse_token_request(
+    body: Mapping[str, Any], default_ttl: float, max_ttl: float
+) -> tuple[str | None, str | None, int]:
+    """``(job_id, subject, ttl seconds)`` of ``POST …/subscriber-tokens``."""
+    errors = _Errors()
+    _unknown_fields(body, {"jobId", "subject", "ttl"}, errors)
+    job_id = body.get("jobId")
+    if job_id is not None and (not isinstance(job_id, str) or not valid_job_id(job_id)):
+        errors.add("/jobId", "must be a job id: ^[a-z0-9][a-z0-9._-]{0,127}$")
+    subject = body.get("subject")
+    if subject is not None and (not isinstance(subject, str) or not 1 <= len(subject) <= 128):
+        errors.add("/subject", "must be a string of 1 to 128 characters")
+    ttl = math.ceil(default_ttl)
+    if body.get("ttl") is not None:
+        try:
+            ttl = math.ceil(parse_duration(body["ttl"]))
+        except ValueError as exc:
+            errors.add("/ttl", str(exc))
+        else:
+            if not 1 <= ttl <= max_ttl:
+                errors.add("/ttl", f"must be from 1 to {max_ttl:g} seconds")
+    errors.raise_if_any()
+    return job_id, subject, ttl
+
+
+class AuditCursor:
+    """The opaque ``cursor`` of an audit listing: the last entry id of the page."""
+
+    @staticmethod
+    def encode(entry_id: str) -> str:
+        return base64.urlsafe_b64encode(b"a:" + entry_id.encode()).decode().rstrip("=")
+
+    @staticmethod
+    def decode(text: str) -> str:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+        except (binascii.Error, ValueError):
+            raw = ""
+        entry_id = raw[2:]
+        if not raw.startswith("a:") or len(entry_id) != 24 or not _HEX.fullmatch(entry_id):
+            raise _bad_query("cursor", "is not one this service issued")
+        return entry_id
+
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def parse_audit_query(params: QueryParams, alive_at: int) -> tuple[AuditQuery, str | None]:
+    """The store query of ``GET …/audit`` and its ``action`` filter (a prefix)."""
+    raw_limit = params.get("limit", str(DEFAULT_LIST_LIMIT))
+    if not is_count(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+        raise _bad_query("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}")
+    bounds: dict[str, str | None] = {}
+    for name in ("since", "until"):
+        raw = params.get(name)
+        try:
+            bounds[name] = f"{max(0, parse_timestamp(raw)):016x}" if raw else None
+        except ValueError as exc:
+            raise _bad_query(name, str(exc)) from None
+        except OverflowError:
+            raise _bad_query(name, "is out of range") from None
+    max_id = bounds["until"]
+    if params.get("cursor"):
+        after = AuditCursor.decode(params["cursor"])
+        max_id = after if max_id is None else min(max_id, after)
+    action = params.get("action") or None
+    if action is not None and not re.fullmatch(r"[a-z.]{1,64}", action):
+        raise _bad_query("action", "is an action name or prefix such as job. or key.revoke")
+    query = AuditQuery(
+        limit=int(raw_limit), min_id=bounds["since"], max_id=max_id, alive_at=alive_at
+    )
+    return query, action
 
 
 # -- chunks -------------------------------------------------------------------
@@ -381,10 +619,22 @@ def check_chunk(data: bytes, fmt: OutputFormat) -> None:
     errors.raise_if_any()
 
 
+def is_int64(value: object) -> bool:
+    """Whether ``value`` (from JSON) is an integer a 64-bit column holds."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
+
+
+def is_count(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer a 64-bit column holds, in ASCII
+    digits: ``str.isdigit`` takes ``²`` too, which ``int`` refuses, and ``int``
+    refuses more than 4300 digits."""
+    return len(text) <= 19 and text.isascii() and text.isdigit() and int(text) < 1 << 63
+
+
 def parse_chunk_index(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    if not is_count(raw.strip()):
         raise Problem("bad-request", "X-Chunk-Index must be a non-negative integer")
     return int(raw)
 
@@ -408,8 +658,9 @@ class Cursor:
         except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
             raise Problem("bad-request", "cursor is not one this service issued") from None
         if (
-            not isinstance(created_at, int)
+            not is_int64(created_at)
             or not isinstance(job_id, str)
+            or not valid_job_id(job_id)  # else a store may refuse it (NUL, non-ASCII)
             or descending not in (0, 1)
         ):
             raise Problem("bad-request", "cursor is not one this service issued")
@@ -442,7 +693,7 @@ def parse_list_query(params: QueryParams, alive_at: int) -> JobQuery:
         except ValueError as exc:
             raise _bad_query(name, str(exc)) from None
     raw_limit = params.get("limit", str(DEFAULT_LIST_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+    if not is_count(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
         raise _bad_query("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}")
     order = params.get("order", "desc")
     if order not in {"asc", "desc"}:

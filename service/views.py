@@ -9,17 +9,21 @@ import orjson
 
 from storage_adapters import (
     TERMINAL_STATUSES,
+    AuditRecord,
     EventKind,
     EventRecord,
     JobRecord,
+    KeyRecord,
     NamespaceRecord,
     OutputFormat,
     VersionRecord,
 )
 
+from . import tokens
 from .clock import render_timestamp
 
 __all__ = [
+    "audit_view",
     "chunk_payload",
     "end_frame",
     "etag_matches",
@@ -27,6 +31,7 @@ __all__ = [
     "event_payload",
     "job_etag",
     "job_view",
+    "key_view",
     "namespace_view",
     "output_etag",
     "reset_frame",
@@ -130,8 +135,40 @@ def namespace_view(namespace: NamespaceRecord) -> dict[str, Any]:
             }
             for entry in config.get("webhookSecrets") or ()
         ],
+        "quotas": config.get("quotas"),
+        "rateLimits": config.get("rateLimits"),
+        "subscriberKeys": tokens.public_entries(config),
+        "auditRetention": config.get("auditRetention"),
         "createdAt": render_timestamp(namespace.created_at),
         "updatedAt": render_timestamp(namespace.updated_at),
+    }
+
+
+def key_view(key: KeyRecord, now: int) -> dict[str, Any]:
+    """An API key as admins list it: never its secret or hash."""
+    return {
+        "keyId": key.key_id,
+        "namespace": key.namespace,
+        "role": key.role,
+        "name": key.name,
+        "state": key.state(now),
+        "createdAt": render_timestamp(key.created_at),
+        "expiresAt": render_timestamp(key.expires_at),
+        "revokedAt": render_timestamp(key.revoked_at),
+        "lastUsedAt": render_timestamp(key.last_used_at),
+    }
+
+
+def audit_view(entry: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": entry.entry_id,
+        "at": render_timestamp(entry.at),
+        "action": entry.action,
+        "actor": entry.actor,
+        "outcome": entry.outcome,
+        "target": entry.target,
+        "requestId": entry.request_id,
+        "detail": entry.detail,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from storage_adapters import (
 )
 
 from . import validation
-from .api import AppState, JSONResponse, job_call, namespace_call
+from .api import AppState, JSONResponse, audit, job_call, namespace_call
 from .auth import Action
 from .clock import now_us, parse_timestamp, render_timestamp
 from .durations import parse_duration
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 _REPLAY_LIMIT = 100_000  # deliveries one bulk replay requeues at most
+_DELIVERY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # "msg_" and a ULID, leniently
+_MAX_SECRET_GRACE = 30 * 86_400  # seconds old signing secrets may keep signing
 
 
 def delivery_view(d: DeliveryRecord) -> dict[str, Any]:
@@ -81,14 +84,18 @@ def _decode_cursor(text: str) -> tuple[int, str]:
         )
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
         raise Problem("bad-request", "cursor is not one this service issued") from None
-    if not isinstance(created_at, int) or not isinstance(delivery_id, str):
+    if (
+        not validation.is_int64(created_at)
+        or not isinstance(delivery_id, str)
+        or not _DELIVERY_ID_RE.fullmatch(delivery_id)
+    ):
         raise Problem("bad-request", "cursor is not one this service issued")
     return created_at, delivery_id
 
 
 def _page_query(request: Request, **filters: Any) -> DeliveryQuery:
     raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not validation.is_count(raw_limit) or not 1 <= int(raw_limit) <= 1000:
         raise Problem("bad-request", "?limit must be an integer from 1 to 1000")
     cursor = request.query_params.get("cursor")
     return DeliveryQuery(
@@ -111,7 +118,7 @@ async def _page(state: AppState, namespace: str, query: DeliveryQuery) -> Respon
 
 
 async def list_job_deliveries(request: Request) -> Response:
-    state, namespace, job_id = await job_call(request, Action.READ)
+    state, namespace, job_id = await job_call(request, Action.INSPECT)
     await state.jobs.get(namespace, job_id)  # 404 for a job that is not there
     return await _page(state, namespace, _page_query(request, job_id=job_id))
 
@@ -119,7 +126,9 @@ async def list_job_deliveries(request: Request) -> Response:
 async def retry_delivery(request: Request) -> Response:
     state, namespace, job_id = await job_call(request, Action.WRITE)
     delivery_id: str = request.path_params["delivery_id"]
-    delivery = await state.store.get_delivery(namespace, delivery_id)
+    # An id no delivery has (NUL, non-ASCII) is not even asked of the store: some refuse it.
+    known = _DELIVERY_ID_RE.fullmatch(delivery_id) is not None
+    delivery = await state.store.get_delivery(namespace, delivery_id) if known else None
     if delivery is None or delivery.job_id != job_id:
         raise Problem("not-found", f"job {job_id!r} has no delivery {delivery_id!r}")
     if await state.store.requeue_deliveries(namespace, [delivery_id], now_us()) == 0:
@@ -128,6 +137,7 @@ async def retry_delivery(request: Request) -> Response:
         state.drainer.wake()
     replayed = await state.store.get_delivery(namespace, delivery_id)
     assert replayed is not None
+    audit(request, namespace, "delivery.retry", job_id, deliveryId=delivery_id)
     return JSONResponse(delivery_view(replayed), status_code=202)
 
 
@@ -151,7 +161,7 @@ def _since_param(raw: str | None, name: str) -> int | None:
 
 
 async def list_namespace_deliveries(request: Request) -> Response:
-    state, namespace = await namespace_call(request, Action.READ)
+    state, namespace = await namespace_call(request, Action.INSPECT)
     query = _page_query(
         request,
         state=_state_param(request),
@@ -201,6 +211,7 @@ async def replay_deliveries(request: Request) -> Response:
         )
     if state.drainer is not None and requeued:
         state.drainer.wake()
+    audit(request, namespace, "delivery.replay", None, since=body["since"], requeued=requeued)
     return JSONResponse({"requeued": requeued, "more": more}, status_code=202)
 
 
@@ -226,14 +237,21 @@ async def rotate_secret(request: Request) -> Response:
                 str(exc),
                 errors=[{"pointer": "/gracePeriod", "detail": str(exc)}],
             ) from None
+        if grace > _MAX_SECRET_GRACE:  # unbounded, the expiry could pass any date
+            raise Problem(
+                "validation-failed",
+                "gracePeriod must be at most 30 days",
+                errors=[{"pointer": "/gracePeriod", "detail": "must be at most 30 days"}],
+            )
     record = await state.store.get_namespace(name)
     if record is None:
         raise Problem("namespace-not-found", f"namespace {name!r} does not exist")
     now = now_us()
     config = rotated_config(record.config, now, int(grace * 1_000_000))
     updated = NamespaceRecord(name, config, record.created_at, now)
-    await state.namespaces.put(updated)
-    return JSONResponse(namespace_view(updated), status_code=201)
+    updated = await state.namespaces.put(updated)
+    audit(request, name, "webhook.secret.rotate", name, graceSeconds=grace)
+    return JSONResponse(namespace_view(state.namespaces.reveal(updated)), status_code=201)
 
 
 def _endpoint_view(e: EndpointRecord) -> dict[str, Any]:
@@ -255,7 +273,12 @@ async def enable_endpoint(request: Request) -> Response:
     state, name = await namespace_call(request, Action.ADMIN)
     body = await validation.read_json(request, state.settings.max_body_bytes)
     url = body.get("url")
-    if set(body) - {"url"} or not isinstance(url, str) or not url:
+    if (
+        set(body) - {"url"}
+        or not isinstance(url, str)
+        or not 0 < len(url) <= validation.MAX_URL_LENGTH
+        or not url.isprintable()  # no NUL nor control characters, which stores refuse
+    ):
         raise Problem(
             "validation-failed",
             'send {"url": "<the endpoint\'s URL>"}',
@@ -265,4 +288,5 @@ async def enable_endpoint(request: Request) -> Response:
     await state.store.put_endpoint(endpoint)
     if state.drainer is not None:
         state.drainer.endpoint_changed(name, url)
+    audit(request, name, "webhook.endpoint.enable", url)
     return JSONResponse(_endpoint_view(endpoint))

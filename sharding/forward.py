@@ -82,6 +82,12 @@ _RESPONSE_DROP = frozenset(
         b"date",
         b"server",
         b"x-request-id",  # the entry node's middleware sets it (the same id)
+        # ... and these (service.middleware.SECURITY_HEADERS, HSTS): not twice
+        b"x-content-type-options",
+        b"referrer-policy",
+        b"x-frame-options",
+        b"content-security-policy",
+        b"strict-transport-security",
     }
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -138,14 +138,29 @@ async def mysql(tmp_path: Path, *, empty: bool = True) -> AsyncIterator[str]:
 
 async def execute_sql(url: str, statements: list[tuple[str, tuple[object, ...]]]) -> None:
     """Run SQL (``?`` placeholders) on a store's database, outside the adapter."""
+    await _run_sql(url, statements)
+
+
+async def fetch_sql(url: str, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+    """Rows of a query (``?`` placeholders) on a SQL store's database, outside
+    the adapter: what the store holds, byte for byte."""
+    return await _run_sql(url, [(sql, params)])
+
+
+async def _run_sql(
+    url: str, statements: list[tuple[str, tuple[object, ...]]]
+) -> list[tuple[object, ...]]:
+    """Run ``statements`` in order on SQLite, PostgreSQL or MySQL; the rows of the last."""
+    rows: list[tuple[object, ...]] = []
     scheme = url.partition(":")[0]
     if scheme == "sqlite":
         import sqlite3
 
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             for sql, params in statements:
-                db.execute(sql, params)
-    elif scheme == "postgresql":
+                rows = [tuple(row) for row in db.execute(sql, params)]
+        return rows
+    if scheme == "postgresql":
         import asyncpg
 
         conn = await asyncpg.connect(url)
@@ -153,27 +168,29 @@ async def execute_sql(url: str, statements: list[tuple[str, tuple[object, ...]]]
             for sql, params in statements:
                 parts = sql.split("?")
                 numbered = parts[0] + "".join(f"${n}{p}" for n, p in enumerate(parts[1:], 1))
-                await conn.execute(numbered, *params)
+                rows = [tuple(row) for row in await conn.fetch(numbered, *params)]
         finally:
             await conn.close()
-    else:
-        import aiomysql
+        return rows
+    import aiomysql
 
-        parsed = StoreURL.parse(url)
-        conn = await aiomysql.connect(
-            host=parsed.host,
-            port=parsed.port or 3306,
-            user=parsed.username,
-            password=parsed.password or "",
-            db=parsed.path.strip("/"),
-            autocommit=True,
-        )
-        try:
-            async with conn.cursor() as cur:
-                for sql, params in statements:
-                    await cur.execute(sql.replace("?", "%s"), params)
-        finally:
-            conn.close()
+    parsed = StoreURL.parse(url)
+    conn = await aiomysql.connect(
+        host=parsed.host,
+        port=parsed.port or 3306,
+        user=parsed.username,
+        password=parsed.password or "",
+        db=parsed.path.strip("/"),
+        autocommit=True,
+    )
+    try:
+        async with conn.cursor() as cur:
+            for sql, params in statements:
+                await cur.execute(sql.replace("?", "%s"), params)
+                rows = [tuple(row) for row in await cur.fetchall()]
+    finally:
+        conn.close()
+    return rows
 
 
 def unique_name() -> str:

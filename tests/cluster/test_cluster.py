@@ -212,10 +212,14 @@ async def test_long_poll_raw_output_and_uploads_pass_through(cluster: Cluster) -
             headers={**tenant.headers(), "Content-Type": "application/octet-stream"},
         )
         assert r.status_code in (200, 201), r.text
-        whole = await reader.get("/api/v1/jobs/big/output/raw", headers=headers)
+        # identity: httpx's zstd decoder fails on a frame boundary that falls
+        # between two reads ("cannot use a decompressobj multiple times"), and
+        # the stored output is many zstd frames (the passthrough has its own tests)
+        raw = {**headers, "Accept-Encoding": "identity"}
+        whole = await reader.get("/api/v1/jobs/big/output/raw", headers=raw)
         assert whole.status_code == 200 and whole.content == body
         part = await reader.get(
-            "/api/v1/jobs/big/output/raw", headers={**headers, "Range": "bytes=1000-1999"}
+            "/api/v1/jobs/big/output/raw", headers={**raw, "Range": "bytes=1000-1999"}
         )
         assert part.status_code == 206 and part.content == body[1000:2000]
     await tenant.client.aclose()

@@ -32,8 +32,9 @@ def test_malformed_keys_do_not_parse(token: str) -> None:
     ("role", "allowed"),
     [
         (Role.ADMIN, set(Action)),
-        (Role.PRODUCER, {Action.READ, Action.CANCEL, Action.WRITE}),
-        (Role.CONSUMER, {Action.READ, Action.CANCEL}),
+        (Role.PRODUCER, {Action.READ, Action.INSPECT, Action.CANCEL, Action.WRITE}),
+        (Role.CONSUMER, {Action.READ, Action.INSPECT, Action.CANCEL}),
+        (Role.SUBSCRIBER, {Action.READ}),
     ],
 )
 def test_roles(role: Role, allowed: set[Action]) -> None:
@@ -53,3 +54,23 @@ def test_roles(role: Role, allowed: set[Action]) -> None:
 def test_root_may_do_anything_anywhere() -> None:
     for action in Action:
         ROOT.authorize("anything", action)
+
+
+def test_a_job_scoped_token_reads_its_job_only() -> None:
+    token = Principal(Role.SUBSCRIBER, "a", job_id="j1", subject="browser")
+    token.authorize("a", Action.READ, "j1")
+    for job_id in ("j2", None):  # another job, or the namespace as a whole (listing)
+        with pytest.raises(Problem) as caught:
+            token.authorize("a", Action.READ, job_id)
+        assert caught.value.status == 403
+    with pytest.raises(Problem):
+        token.authorize("b", Action.READ, "j1")
+    assert token.actor == "token:browser"
+    assert token.credential == "token:browser:j1"
+    assert Principal(Role.SUBSCRIBER, "a").credential == "token:-:*"
+
+
+def test_actors_name_who_acted() -> None:
+    assert ROOT.actor == "root" and ROOT.credential is None
+    key = Principal(Role.PRODUCER, "a", "k1")
+    assert key.actor == "key:k1" and key.credential == "key:k1"
