@@ -42,6 +42,8 @@ _BATCH = 500
 _MAX_PENDING = 100_000
 #: a failure is audited once per (namespace, credential, reason) in this many µs
 _FAILURE_WINDOW = 10_000_000
+#: failures audited per namespace and window at most
+_FAILURES_PER_WINDOW = 50
 
 
 def entry_id(at: int) -> str:
@@ -68,6 +70,8 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._failures: dict[tuple[str, str, str], int] = {}
+        # namespace -> [window ends (µs), failures audited in it, failures left out]
+        self._windows: dict[str, list[int]] = {}
 
     def record(
         self,
@@ -104,7 +108,10 @@ class AuditLog:
 
     def failure(self, namespace: str, action: str, actor: str, reason: str, **detail: Any) -> None:
         """Audit a refused credential, at most once per window for the same one
-        and reason (a client retrying a bad key must not flood the log)."""
+        and reason (a client retrying a bad key must not flood the log), and at
+        most :data:`_FAILURES_PER_WINDOW` a window per namespace (an attacker
+        trying random keys must not either); the next entry after a window
+        that was cut short says how many were left out (``detail.suppressed``)."""
         now = now_us()
         ident = (namespace, actor, reason)
         if self._failures.get(ident, 0) > now:
@@ -112,6 +119,20 @@ class AuditLog:
         if len(self._failures) > 10_000:
             self._failures = {k: v for k, v in self._failures.items() if v > now}
         self._failures[ident] = now + _FAILURE_WINDOW
+        window = self._windows.get(namespace)
+        if window is None or window[0] <= now:
+            suppressed = window[2] if window is not None else 0
+            window = [now + _FAILURE_WINDOW, 0, suppressed]
+            if len(self._windows) > 10_000:
+                self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
+            self._windows[namespace] = window
+        if window[1] >= _FAILURES_PER_WINDOW:
+            window[2] += 1
+            self.metrics.audit_suppressed.inc()
+            return
+        window[1] += 1
+        if window[2]:
+            detail["suppressed"], window[2] = window[2], 0
         self.record(
             namespace, action, actor, outcome="failure", detail={"reason": reason, **detail}
         )

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -112,6 +113,7 @@ def _serve(settings: Settings) -> int:
         log_config=log_config,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=math.ceil(settings.keepalive_timeout),
         server_header=False,
         # No client addresses are used, so forwarded headers need no parsing.
         proxy_headers=False,

@@ -135,6 +135,11 @@ class Metrics:
             "Audit entries dropped because too many were waiting for an unreachable store.",
             registry=registry,
         )
+        self.audit_suppressed = Counter(
+            "aos_audit_suppressed",
+            "Refused credentials left out of a namespace's audit log (over 50 in 10 s).",
+            registry=registry,
+        )
         self.limited = Counter(
             "aos_limited_requests",
             "Requests refused by a rate limit or a quota, by which one.",

@@ -174,6 +174,9 @@ class Settings:
     node_id: str = field(default_factory=socket.gethostname, metadata=_env("AOS_NODE_ID", str))
     log_level: str = field(default="info", metadata=_env("AOS_LOG_LEVEL", str))
     access_log: bool = field(default=True, metadata=_env("AOS_ACCESS_LOG", _bool))
+    #: an idle keep-alive connection is closed after this long; above a load
+    #: balancer's idle timeout (60 s on AWS), so it never reuses a closed one
+    keepalive_timeout: float = field(default=75.0, metadata=_env("AOS_KEEPALIVE_TIMEOUT", _seconds))
     #: serve HTTPS (TLS 1.3 at least) with this PEM certificate chain and key; both or neither
     tls_cert: str | None = field(default=None, metadata=_env("AOS_TLS_CERT", _optional_path))
     tls_key: str | None = field(default=None, metadata=_env("AOS_TLS_KEY", _optional_path))

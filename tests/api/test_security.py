@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from storage_adapters import adapter_for
+from storage_adapters import AuditQuery, adapter_for
 
 from ..support import ADMIN_TOKEN, auth
 from .conftest import running_app
@@ -655,3 +655,22 @@ async def test_token_secrets_are_sealed_at_rest_when_encryption_is_on() -> None:
             assert (await client.get(f"{NS}/sec/jobs/j1", headers=auth(token))).status_code == 200
         view = (await client.get(f"{NS}/sec", headers=ADMIN)).text
         assert secret not in view and "enc:v1" not in view
+
+
+async def test_a_flood_of_bad_keys_cannot_flood_the_audit_log() -> None:
+    store = adapter_for("memory://")
+    async with running_app(store) as client:
+        await setup(client)
+        for n in range(200):  # every one a different made-up key id
+            bad = f"aos.sec.k{n:04d}.{'x' * 43}"
+            assert (await client.get(f"{NS}/sec/jobs", headers=auth(bad))).status_code == 401
+            ghost = f"aos.ghost.k{n:04d}.{'x' * 43}"
+            assert (await client.get(f"{NS}/ghost/jobs", headers=auth(ghost))).status_code == 401
+        failures = await audit_log(client, action="auth.", limit="1000")
+        assert len(failures) == 50
+        assert all(e["detail"]["reason"] == "unknown key or wrong secret" for e in failures)
+        state = client._transport.app.state.aos  # type: ignore[attr-defined]
+        await state.audit.flush()
+        assert await store.list_audit("ghost", AuditQuery(limit=10)) == []
+        metrics = (await client.get("/metrics")).text
+        assert "aos_audit_suppressed_total 150.0" in metrics
