@@ -40,6 +40,9 @@ from .systems import ADMIN, AOS, Centrifugo, Nchan, System
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ("aos-sqlite", "aos-postgresql", "nchan", "centrifugo")
+#: other stores, on request (--systems): their test servers must be up
+#: (``eval "$(scripts/testenv/up mariadb cassandra dynamodb ferretdb)"``)
+MORE_SYSTEMS = ("aos-mysql", "aos-cassandra", "aos-mongodb", "aos-dynamodb")
 SCENARIOS = ("fanout", "many-jobs", "status", "submit")
 PEERS = {"nchan": Nchan, "centrifugo": Centrifugo}
 
@@ -104,7 +107,7 @@ def summarise(record: Results, plan: Plan) -> None:
     comparisons += [(s, "rss_per_connection", ("nchan", "centrifugo")) for s in fanouts]
     comparisons += [("status", m, ("nginx-static",)) for m in ("throughput", "p99")]
     comparisons += [("submit", m, ("asyncpg-insert",)) for m in ("throughput", "p99")]
-    for aos in ("aos-sqlite", "aos-postgresql"):
+    for aos in [s for s in (*SYSTEMS, *MORE_SYSTEMS) if s.startswith("aos-")]:
         for scenario, metric, others in comparisons:
             ours = record.get(aos, scenario, metric)
             for other in others:
@@ -136,7 +139,7 @@ async def main() -> int:
         plan = replace(plan, fanout=tuple(int(n) for n in args.fanout.split(",")))
     systems = args.systems.split(",")
     chosen = set(args.scenarios.split(","))
-    unknown = (set(systems) - set(SYSTEMS)) | (chosen - set(SCENARIOS))
+    unknown = (set(systems) - {*SYSTEMS, *MORE_SYSTEMS}) | (chosen - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
     raise_fd_limit()
