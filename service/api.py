@@ -231,26 +231,25 @@ async def create_job(request: Request) -> Response:
             f"PUT /api/v1/namespaces/{namespace}",
         )
     try:
-        undo = await state.limits.reserve_job(record.config, namespace)
+        account = await state.limits.reserve_job(record.config, namespace)
     except Problem:
         # at the quota, a retry of a job that exists still gets its 200
         if new_job.job_id is None or await state.jobs.find(namespace, new_job.job_id) is None:
             raise
-        undo = _nothing
+        account = _nothing
     try:
         job, created = await state.jobs.create(record, new_job)
     except BaseException:
-        undo()
+        account(False)
         raise
+    account(created)  # not created: a retry of a job that exists
     if created:
         audit(request, namespace, "job.submit", job.job_id)
-    else:
-        undo()  # a retry of a job that exists
     headers = {"Location": job_location(namespace, job.job_id), "ETag": job_etag(job)}
     return JSONResponse(job_view(job), status_code=201 if created else 200, headers=headers)
 
 
-def _nothing() -> None:
+def _nothing(stored: bool) -> None:
     pass
 
 
@@ -369,11 +368,16 @@ async def stream_job(request: Request) -> Response | EventStream:
         plan = StreamPlan(0, "cursor-ahead")
     settings = state.settings
     release = state.limits.hold_stream(await namespace_config(state, namespace), namespace)
+    principal: Principal = request.scope[_PRINCIPAL]
     return EventStream(
         job_stream(state.jobs, state.hub, state.metrics, job, plan, state.recheck),
         ping=settings.sse_heartbeat,
         send_timeout=settings.sse_send_timeout,
         on_close=release,
+        # a stream ends when its credential expires (the client reconnects with a new one)
+        expires_in=None
+        if principal.expires_at is None
+        else max(0.0, (principal.expires_at - now_us()) / 1_000_000),
     )
 
 
@@ -408,14 +412,18 @@ async def put_namespace(request: Request) -> Response:
     settings, secret = validation.parse_namespace_config(body)
     existing = await state.store.get_namespace(name)
     now = now_us()
+    _check_audit_retention(request, state, settings)
     if existing is not None:
-        # kept unless the body sets them (the service's own token key always is)
+        # kept unless the body sets them
         kept = existing.config.get("subscriberKeys") or []
         given = settings.get("subscriberKeys")
-        managed = [k for k in kept if k.get("managed")]
-        settings["subscriberKeys"] = kept if given is None else [*given, *managed]
+        settings["subscriberKeys"] = kept if given is None else _subscriber_keys(given, kept)
         if "auditRetention" not in settings and "auditRetention" in existing.config:
             settings["auditRetention"] = existing.config["auditRetention"]
+    elif settings.get("subscriberKeys"):
+        settings["subscriberKeys"] = _subscriber_keys(settings["subscriberKeys"], [])
+    if settings.get("auditRetention", 0) is None:
+        del settings["auditRetention"]  # null: back to AOS_AUDIT_RETENTION
     config = merged_config(settings, existing, secret, now)
     record = NamespaceRecord(name, config, existing.created_at if existing else now, now)
     record = await state.namespaces.put(record)  # as stored: secrets sealed, if encrypted
@@ -429,6 +437,42 @@ async def put_namespace(request: Request) -> Response:
     return JSONResponse(
         namespace_view(state.namespaces.reveal(record)), status_code=200 if existing else 201
     )
+
+
+def _subscriber_keys(
+    given: list[dict[str, Any]], kept: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The ``subscriberKeys`` a ``PUT`` sets: the given ones; the service's own
+    key stays only if the body names it (``{"kid": "aos-…"}``), so removing it
+    revokes every token it minted."""
+    managed = {k["kid"]: k for k in kept if k.get("managed")}
+    keys = []
+    for entry in given:
+        if entry.get("keep"):
+            if entry["kid"] not in managed:
+                raise Problem(
+                    "validation-failed",
+                    f"the namespace has no subscriber key {entry['kid']!r} to keep",
+                    errors=[{"pointer": "/subscriberKeys", "detail": "unknown service key"}],
+                )
+            keys.append(managed[entry["kid"]])
+        else:
+            keys.append(entry)
+    return keys
+
+
+def _check_audit_retention(request: Request, state: AppState, settings: dict[str, Any]) -> None:
+    """Only the root admin may keep a namespace's audit entries for less than
+    ``AOS_AUDIT_RETENTION`` (a namespace admin must not erase its own tracks)."""
+    wanted = settings.get("auditRetention")
+    default = state.settings.audit_retention
+    shorter = wanted is not None and (default is None or wanted < default)
+    principal: Principal | None = request.scope.get(_PRINCIPAL)
+    if shorter and principal is not None and not principal.is_root:
+        raise Problem(
+            "forbidden",
+            f"only the root admin may keep audit entries for less than {default} seconds",
+        )
 
 
 async def get_namespace(request: Request) -> Response:
@@ -568,7 +612,10 @@ async def mint_token(request: Request) -> Response:
                 )
                 key = tokens.signing_key(state.namespaces.reveal(stored).config)
                 assert key is not None
-    token, expires = tokens.mint(key, name, job_id, subject, int(time.time()), ttl)
+    now = int(time.time())
+    if principal.expires_at is not None:  # never longer than the key that asks
+        ttl = max(1, min(ttl, principal.expires_at // 1_000_000 - now))
+    token, expires = tokens.mint(key, name, job_id, subject, now, ttl, principal.key_id)
     return JSONResponse(
         {
             "token": token,

@@ -190,6 +190,7 @@ def create_app(
         audit=audit,
         last_used_interval=settings.key_last_used_interval,
         max_token_lifetime=settings.max_token_lifetime,
+        token_leeway=settings.token_leeway,
     )
     janitor = (
         Janitor(

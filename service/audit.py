@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from storage_adapters import AuditRecord, StorageAdapter
+from storage_adapters import AuditRecord, StorageAdapter, StoreError, StoreUnavailable
 
 from .clock import now_us
 from .logs import log_event, request_id_var
@@ -116,9 +116,6 @@ class AuditLog:
         ident = (namespace, actor, reason)
         if self._failures.get(ident, 0) > now:
             return
-        if len(self._failures) > 10_000:
-            self._failures = {k: v for k, v in self._failures.items() if v > now}
-        self._failures[ident] = now + _FAILURE_WINDOW
         window = self._windows.get(namespace)
         if window is None or window[0] <= now:
             suppressed = window[2] if window is not None else 0
@@ -131,6 +128,9 @@ class AuditLog:
             self.metrics.audit_suppressed.inc()
             return
         window[1] += 1
+        if len(self._failures) > 10_000:  # at most 50 a namespace a window get here
+            self._failures = {k: v for k, v in self._failures.items() if v > now}
+        self._failures[ident] = now + _FAILURE_WINDOW
         if window[2]:
             detail["suppressed"], window[2] = window[2], 0
         self.record(
@@ -156,9 +156,36 @@ class AuditLog:
                 try:
                     dated = [_with_expiry(e, await self._retention_of(e.namespace)) for e in batch]
                     await self.store.append_audit(dated)
+                except StoreError as exc:
+                    if isinstance(exc, StoreUnavailable):
+                        self._pending.extendleft(reversed(batch))
+                        raise
+                    await self._one_by_one(dated, exc)
                 except BaseException:
                     self._pending.extendleft(reversed(batch))
                     raise
+
+    async def _one_by_one(self, entries: list[AuditRecord], exc: Exception) -> None:
+        """A batch the store refused (not for being down): write its entries
+        alone, and log the ones it refuses still rather than retry them forever."""
+        for entry in entries:
+            try:
+                await self.store.append_audit([entry])
+            except StoreUnavailable:
+                self._pending.appendleft(entry)
+                raise
+            except StoreError as refused:
+                self.metrics.audit_dropped.inc()
+                log_event(
+                    logger,
+                    "audit.refused",
+                    logging.ERROR,
+                    detail=str(refused or exc),
+                    namespace=entry.namespace,
+                    action=entry.action,
+                    actor=entry.actor,
+                    target=entry.target,
+                )
 
     async def _retention_of(self, namespace: str) -> int | None:
         record = await self.namespaces.get(namespace)

@@ -39,7 +39,7 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -49,7 +49,7 @@ from storage_adapters import KeyRecord, StorageAdapter
 
 from . import tokens
 from .clock import now_us
-from .ids import new_key_id, valid_job_id, valid_namespace
+from .ids import new_key_id, valid_job_id, valid_key_id, valid_namespace
 from .problems import Problem
 
 if TYPE_CHECKING:
@@ -102,6 +102,9 @@ class Principal:
     job_id: str | None = None
     #: a subscriber token's ``sub`` claim
     subject: str | None = None
+    #: when the credential stops working (µs; None: never) — a stream opened
+    #: with it ends then
+    expires_at: int | None = field(default=None, compare=False)
 
     @property
     def is_root(self) -> bool:
@@ -151,7 +154,7 @@ def parse_key(token: str) -> tuple[str, str, str] | None:
     if len(parts) != 3 or not all(parts):
         return None
     namespace, key_id, secret = parts
-    if not valid_namespace(namespace):
+    if not valid_namespace(namespace) or not valid_key_id(key_id) or len(secret) > 128:
         return None
     return namespace, key_id, secret
 
@@ -190,14 +193,17 @@ class Authenticator:
         audit: AuditLog | None = None,
         last_used_interval: float = 60.0,
         max_token_lifetime: float = 86_400.0,
+        token_leeway: float = tokens.LEEWAY,
     ) -> None:
         self.store = store
         self.namespaces = namespaces
         self.audit = audit
-        self._admin_token = admin_token.encode() if admin_token else None
+        # compared as digests: equal lengths, so the comparison leaks nothing
+        self._admin_digest = _hash(admin_token).encode() if admin_token else None
         self._cache_seconds = cache_seconds
         self._last_used_interval = int(last_used_interval * 1_000_000)
         self._max_token_lifetime = max_token_lifetime
+        self._token_leeway = token_leeway
         # token digest -> (principal, trusted until (monotonic), expires_at (µs) or None)
         self._cache: OrderedDict[str, tuple[Principal, float, int | None]] = OrderedDict()
         # (namespace, key id) -> when lastUsedAt was last written (µs)
@@ -215,14 +221,20 @@ class Authenticator:
             token = conn.query_params.get("access_token") or ""
             if not token:
                 raise _unauthorized("send Authorization: Bearer <key>")
-            if conn.scope.get("method") not in ("GET", "HEAD") or token.startswith(_KEY_PREFIX):
+            if (
+                conn.scope.get("method") not in ("GET", "HEAD")
+                or token.startswith(_KEY_PREFIX)
+                or token.count(".") != 2
+            ):
+                # URLs end up in logs and histories: only short-lived tokens go there
                 raise _unauthorized(
-                    "?access_token= takes a subscriber token on GET; send keys in "
-                    "the Authorization header"
+                    "?access_token= takes a subscriber token on GET; send keys and the "
+                    "admin token in the Authorization header"
                 )
-        if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token):
-            return ROOT
         digest = _hash(token)
+        admin = self._admin_digest
+        if header and admin is not None and hmac.compare_digest(digest.encode(), admin):
+            return ROOT
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
             principal, _, expires_at = cached
@@ -291,7 +303,8 @@ class Authenticator:
             self._failed(namespace, f"key:{key_id}", f"{state} key")
             raise _unauthorized(f"the key is {state}")
         self._touch(namespace, key_id, record.last_used_at)
-        return Principal(Role(record.role), namespace, key_id), record.expires_at
+        principal = Principal(Role(record.role), namespace, key_id, expires_at=record.expires_at)
+        return principal, record.expires_at
 
     async def _token_principal(self, token: str) -> tuple[Principal, int | None]:
         try:
@@ -305,22 +318,39 @@ class Authenticator:
             record = self.namespaces.reveal(record)  # HS256 secrets may be stored sealed
         keys = tokens.token_keys(record.config) if record is not None else {}
         try:
-            claims = tokens.verify(token, keys, kid, int(time.time()), self._max_token_lifetime)
+            claims = tokens.verify(
+                token, keys, kid, int(time.time()), self._max_token_lifetime, self._token_leeway
+            )
         except tokens.TokenError as exc:
             if record is not None:
-                self._failed(namespace, f"token:{kid or '-'}", str(exc))
+                self._failed(namespace, f"token:{(kid or '-')[:64]}", str(exc))
             raise _unauthorized(str(exc)) from None
         job_id = claims.get("job")
         if job_id is not None and (not isinstance(job_id, str) or not valid_job_id(job_id)):
             raise _unauthorized("the token's job claim is not a job id")
+        minted_by = claims.get("mk")
+        if minted_by is not None:
+            # minted by the service for a key: no longer than the key works
+            key = (
+                await self.store.get_key(namespace, minted_by)
+                if isinstance(minted_by, str) and valid_key_id(minted_by)
+                else None
+            )
+            if key is None or key.state(now_us()) != "active":
+                raise _unauthorized("the key that minted this token is revoked or expired")
         subject = claims.get("sub")
+        # accepted until exp plus the leeway: that is when it stops working
+        expires_at = int((claims["exp"] + self._token_leeway) * 1_000_000)
         principal = Principal(
             Role.SUBSCRIBER,
             namespace,
+            # forget(namespace, key) drops the tokens the key minted too
+            key_id=minted_by,
             job_id=job_id,
             subject=str(subject)[:128] if subject is not None else None,
+            expires_at=expires_at,
         )
-        return principal, int(claims["exp"] * 1_000_000)
+        return principal, expires_at
 
     def _failed(self, namespace: str, actor: str, reason: str) -> None:
         if self.audit is not None:

@@ -97,6 +97,8 @@ class TokenBuckets:
         return 0.0, -1
 
     def _shrink(self, now: float) -> None:
+        """Down to 90 % of the bound in one pass (so the pass is rare): full
+        buckets first, then the least recently used."""
         full = [
             key
             for key, (tokens, when, rate) in self._buckets.items()
@@ -104,8 +106,8 @@ class TokenBuckets:
         ]
         for key in full:
             del self._buckets[key]
-        while len(self._buckets) > self.max_entries:
-            self._buckets.popitem(last=False)  # the least recently used
+        while len(self._buckets) > self.max_entries * 9 // 10:
+            self._buckets.popitem(last=False)
 
 
 @dataclass(slots=True)
@@ -113,6 +115,8 @@ class _Usage:
     jobs: int
     stored_bytes: int
     loaded_at: float
+    pending_jobs: int = 0
+    pending_bytes: int = 0
 
 
 def _quota(config: Mapping[str, Any] | None, name: str) -> int | None:
@@ -138,7 +142,7 @@ class Limits:
         self.refresh = refresh
         self.buckets = TokenBuckets()
         self._usage: dict[str, _Usage] = {}
-        self._loading: dict[str, asyncio.Future[_Usage]] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
         self._streams: dict[str, int] = {}
 
     # -- rate limits -------------------------------------------------------
@@ -179,39 +183,55 @@ class Limits:
             )
 
     # -- stored jobs and bytes ---------------------------------------------
+    #
+    # Per namespace: what the store held at the last count, plus what this
+    # node has written since (``jobs``/``stored_bytes``), plus what is being
+    # written now (``pending_*``: reserved, not yet written). A recount
+    # replaces the first two and leaves the reservations alone, so a write
+    # under way when the count ran is never forgotten; only the first count
+    # of a namespace waits, the later ones run in the background.
 
     async def _usage_of(self, namespace: str) -> _Usage:
         usage = self._usage.get(namespace)
-        if usage is not None and time.monotonic() - usage.loaded_at < self.refresh:
-            return usage
-        loading = self._loading.get(namespace)
-        if loading is None:
-            loading = asyncio.get_running_loop().create_future()
-            self._loading[namespace] = loading
+        if usage is None:
+            loading = self._loading.get(namespace)
+            if loading is None:
+                loading = self._count(namespace)
+            await asyncio.shield(loading)
+            usage = self._usage[namespace]
+        elif time.monotonic() - usage.loaded_at >= self.refresh and namespace not in self._loading:
+            self._count(namespace)  # in the background; meanwhile the counts as they are
+        return usage
+
+    def _count(self, namespace: str) -> asyncio.Task[None]:
+        async def count() -> None:
             try:
+                started = time.monotonic()
                 jobs, stored = await self.store.namespace_usage(namespace)
-                usage = _Usage(jobs, stored, time.monotonic())
-                self._usage[namespace] = usage
-                loading.set_result(usage)
-            except BaseException as exc:
-                loading.set_exception(exc)
-                loading.exception()  # retrieved: the waiters re-raise it
-                raise
+                usage = self._usage.get(namespace)
+                if usage is None:
+                    self._usage[namespace] = _Usage(jobs, stored, started)
+                else:
+                    usage.jobs, usage.stored_bytes, usage.loaded_at = jobs, stored, started
             finally:
                 del self._loading[namespace]
-            return usage
-        return await asyncio.shield(loading)
+
+        task = asyncio.get_running_loop().create_task(count())
+        self._loading[namespace] = task
+        task.add_done_callback(_retrieved)
+        return task
 
     async def reserve_job(
         self, config: Mapping[str, Any] | None, namespace: str
-    ) -> Callable[[], None]:
+    ) -> Callable[[bool], None]:
         """Count one more job against ``maxJobs``, or raise ``429``; returns the
-        undo for when the job was not created after all."""
+        settlement: ``settle(True)`` once the job is stored, ``settle(False)``
+        when it was not created after all."""
         quota = _quota(config, "maxJobs")
         if quota is None:
             return _nothing
         usage = await self._usage_of(namespace)
-        if usage.jobs >= quota:
+        if usage.jobs + usage.pending_jobs >= quota:
             raise _limited(
                 "quota:maxJobs",
                 f"namespace {namespace!r} holds {usage.jobs} jobs, its quota; delete "
@@ -219,22 +239,26 @@ class Limits:
                 _QUOTA_RETRY,
                 self.metrics,
             )
-        usage.jobs += 1
+        usage.pending_jobs += 1
 
-        def undo() -> None:
-            usage.jobs -= 1
+        def settle(stored: bool) -> None:
+            usage.pending_jobs -= 1
+            usage.jobs += int(stored)
 
-        return undo
+        return settle
 
     async def reserve_bytes(
         self, config: Mapping[str, Any] | None, namespace: str, size: int
-    ) -> Callable[[], None]:
-        """Count ``size`` more stored bytes against ``maxStoredBytes``, or raise ``429``."""
+    ) -> Callable[[bool], None]:
+        """Count ``size`` more bytes against ``maxStoredBytes``, or raise ``429``;
+        returns the settlement, as :meth:`reserve_job`. Bytes are counted as
+        they come (an upper bound of what is stored); the next count corrects
+        that to the bytes as stored (compressed)."""
         quota = _quota(config, "maxStoredBytes")
         if quota is None:
             return _nothing
         usage = await self._usage_of(namespace)
-        if usage.stored_bytes + size > quota:
+        if usage.stored_bytes + usage.pending_bytes + size > quota:
             raise _limited(
                 "quota:maxStoredBytes",
                 f"namespace {namespace!r} stores {usage.stored_bytes} bytes of its "
@@ -242,12 +266,14 @@ class Limits:
                 _QUOTA_RETRY,
                 self.metrics,
             )
-        usage.stored_bytes += size
+        usage.pending_bytes += size
 
-        def undo() -> None:
-            usage.stored_bytes -= size
+        def settle(stored: bool) -> None:
+            usage.pending_bytes -= size
+            if stored:
+                usage.stored_bytes += size
 
-        return undo
+        return settle
 
     def needs_length(self, config: Mapping[str, Any] | None) -> bool:
         """Whether an upload must declare its size (a byte quota applies)."""
@@ -272,7 +298,7 @@ class Limits:
         returns its release (call it once)."""
         quota = _quota(config, "maxConcurrentStreams")
         if quota is None:
-            return _nothing
+            return _release_nothing
         open_now = self._streams.get(namespace, 0)
         if open_now >= quota:
             raise _limited(
@@ -293,5 +319,15 @@ class Limits:
         return release
 
 
-def _nothing() -> None:
+def _nothing(stored: bool = False) -> None:
     pass
+
+
+def _release_nothing() -> None:
+    pass
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A failed background count is tried again on the next request."""
+    if not task.cancelled():
+        task.exception()

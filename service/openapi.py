@@ -334,7 +334,7 @@ SCHEMAS: dict[str, Any] = {
                         "required": ["rate", "burst"],
                         "additionalProperties": False,
                         "properties": {
-                            "rate": {"type": "number", "exclusiveMinimum": 0},
+                            "rate": {"type": "number", "minimum": 1 / 3600},
                             "burst": {"type": "number", "minimum": 1},
                         },
                     },

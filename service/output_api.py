@@ -63,7 +63,7 @@ async def append_output(request: Request) -> Response:
     data = await validation.read_body(request, state.settings.max_chunk_bytes)
     validation.check_chunk(data, fmt)
     config = await namespace_config(state, namespace)
-    undo = await state.limits.reserve_bytes(config, namespace, len(data))
+    account = await state.limits.reserve_bytes(config, namespace, len(data))
     try:
         result = await state.jobs.append(
             namespace,
@@ -75,10 +75,9 @@ async def append_output(request: Request) -> Response:
             max_size=state.limits.max_output(config, state.settings.max_version_bytes),
         )
     except BaseException:
-        undo()
+        account(False)
         raise
-    if not result.created:
-        undo()
+    account(result.created)  # not created: a retried index, stored before
     chunk = result.event
     return JSONResponse(
         {"seq": chunk.seq, "version": chunk.version, "index": chunk.index, "size": len(data)},
@@ -111,14 +110,12 @@ async def put_output(request: Request) -> Response:
             "version-too-large",
             f"the body is {declared} bytes; a version holds at most {limit} bytes",
         )
-    undo = None
-    if state.limits.needs_length(config):
-        if declared is None or not validation.is_count(declared):
-            raise Problem(
-                "length-required",
-                f"namespace {namespace!r} has a storage quota: send Content-Length",
-            )
-        undo = await state.limits.reserve_bytes(config, namespace, int(declared))
+    if state.limits.needs_length(config) and (
+        declared is None or not validation.is_count(declared)
+    ):
+        raise Problem(
+            "length-required", f"namespace {namespace!r} has a storage quota: send Content-Length"
+        )
     job = await state.jobs.get(namespace, job_id)
     if job.terminal:
         raise InvalidChange(f"the job is {job.status.value}, which is final", "job-terminal")
@@ -152,6 +149,9 @@ async def put_output(request: Request) -> Response:
                 "size": version.size,
             },
         )
+    # reserved once the request is known to be good, settled however it ends
+    size = int(declared) if declared is not None and validation.is_count(declared) else 0
+    account = await state.limits.reserve_bytes(config, namespace, size)
     upload = _Upload(state, job, version, fmt, content_type, limit)
     try:
         if first:
@@ -170,13 +170,14 @@ async def put_output(request: Request) -> Response:
             version=version.number,
             storedChunks=upload.next_index,
         )
+        account(False)  # the next count of the namespace counts what was stored
         return Response(status_code=400)
     except BaseException:
-        if undo is not None:
-            undo()  # the next usage refresh counts what was stored
+        account(False)
         raise
     finally:
         await upload.settle()
+    account(True)
     job = await state.jobs.get(namespace, job_id)
     stored = job.version(version.number)
     assert stored is not None

@@ -251,6 +251,8 @@ class Settings:
     max_token_lifetime: float = field(
         default=86_400.0, metadata=_env("AOS_MAX_TOKEN_LIFETIME", _seconds)
     )
+    #: clock skew tolerated on a subscriber token's ``exp``, ``nbf`` and ``iat``
+    token_leeway: float = field(default=30.0, metadata=_env("AOS_TOKEN_LEEWAY", _seconds))
     #: a key's ``lastUsedAt`` is written at most this often
     key_last_used_interval: float = field(
         default=60.0, metadata=_env("AOS_KEY_LAST_USED_INTERVAL", _seconds)

@@ -41,10 +41,14 @@ class EventStream:
         send_timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
         on_close: Callable[[], None] | None = None,
+        expires_in: float | None = None,
     ) -> None:
-        """``on_close``: called once the stream is over, however it ends."""
+        """``on_close``: called once the stream is over, however it ends;
+        ``expires_in``: seconds until the stream ends (its credential expires
+        then), give or take half a heartbeat."""
         self.frames = frames
         self.on_close = on_close
+        self.expires_in = expires_in
         self.ping = ping
         self.send_timeout = send_timeout
         self.headers = [
@@ -58,6 +62,7 @@ class EventStream:
         self._sending_since = 0.0  # loop time a send started; 0 when none is under way
         self._written_at = 0.0
         self._ended = False  # the watcher ended the stream (client gone or stuck)
+        self._expired = False  # … because its credential expired
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -84,6 +89,8 @@ class EventStream:
             if not self._ended:
                 raise
             writer.uncancel()  # the watcher ended the stream: a normal end, not an error
+            if self._expired:  # the client is there: end the body properly
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -94,6 +101,7 @@ class EventStream:
 
     async def _watch(self, receive: Receive, send: Send, writer: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
+        deadline = None if self.expires_in is None else loop.time() + self.expires_in
         while True:
             message: Message | None = None
             with contextlib.suppress(TimeoutError):
@@ -104,6 +112,10 @@ class EventStream:
                     break
                 continue  # the (empty) request body
             now = loop.time()
+            if deadline is not None and now >= deadline and not self._sending_since:
+                log.info("closing an SSE stream whose credential expired")
+                self._expired = True
+                break
             if self._sending_since and now - self._sending_since > self.send_timeout:
                 log.warning("closing an SSE stream whose client stopped reading")
                 break

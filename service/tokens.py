@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -44,7 +45,7 @@ __all__ = [
 AUDIENCE = "aos"
 ALGORITHMS = ("HS256", "EdDSA")
 KID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-#: clock skew tolerated on ``exp``/``nbf``/``iat``
+#: clock skew tolerated on ``exp``/``nbf``/``iat`` by default (``AOS_TOKEN_LEEWAY``)
 LEEWAY = 30
 #: shortest HS256 secret: RFC 7518 §3.2 wants a key as long as the hash
 MIN_SECRET_BYTES = 32
@@ -96,11 +97,18 @@ def parse_key_config(entry: Any) -> dict[str, Any]:
     if not isinstance(kid, str) or not KID_RE.fullmatch(kid):
         raise ValueError("kid must match ^[A-Za-z0-9._-]{1,64}$")
     if kid.startswith(_MANAGED_PREFIX):
-        raise ValueError(f"kids starting {_MANAGED_PREFIX!r} are the service's own")
+        if set(entry) != {"kid"}:
+            raise ValueError(
+                f"kids starting {_MANAGED_PREFIX!r} are the service's own: list one as "
+                '{"kid": "…"} alone to keep it'
+            )
+        return {"kid": kid, "keep": True}
     if alg == "HS256":
         secret = entry.get("secret")
         if not isinstance(secret, str) or len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"an HS256 key needs a secret of {MIN_SECRET_BYTES}+ bytes")
+        if secret.startswith("enc:"):
+            raise ValueError("a secret may not start with 'enc:' (the form of a sealed one)")
         if "publicKey" in entry:
             raise ValueError("an HS256 key has a secret, not a publicKey")
         return {"kid": kid, "alg": alg, "secret": secret}
@@ -112,7 +120,7 @@ def parse_key_config(entry: Any) -> dict[str, Any]:
             raise ValueError("an EdDSA key has a publicKey, not a secret")
         try:
             _public_key(public)
-        except (ValueError, binascii.Error) as exc:
+        except (ValueError, binascii.Error, UnsupportedAlgorithm) as exc:
             raise ValueError(f"publicKey is not an Ed25519 public key: {exc}") from None
         return {"kid": kid, "alg": alg, "publicKey": public}
     raise ValueError(f"alg must be one of {', '.join(ALGORITHMS)}")
@@ -166,14 +174,18 @@ def mint(
     subject: str | None,
     now: int,
     ttl: int,
+    minted_by: str | None = None,
 ) -> tuple[str, int]:
-    """A signed token and its expiry (Unix seconds). ``now`` in Unix seconds."""
+    """A signed token and its expiry (Unix seconds). ``now`` in Unix seconds;
+    ``minted_by``: the key that asked for it (the token works only while it does)."""
     assert isinstance(key.key, bytes)
     claims: dict[str, Any] = {"aud": AUDIENCE, "ns": namespace, "iat": now, "exp": now + ttl}
     if job_id is not None:
         claims["job"] = job_id
     if subject is not None:
         claims["sub"] = subject
+    if minted_by is not None:
+        claims["mk"] = minted_by
     token = jwt.encode(claims, key.key, algorithm=key.alg, headers={"kid": key.kid})
     return token, now + ttl
 
@@ -191,7 +203,12 @@ def unverified_namespace(token: str) -> tuple[str | None, str | None]:
 
 
 def verify(
-    token: str, keys: Mapping[str, TokenKey], kid: str | None, now: int, max_lifetime: float
+    token: str,
+    keys: Mapping[str, TokenKey],
+    kid: str | None,
+    now: int,
+    max_lifetime: float,
+    leeway: float = LEEWAY,
 ) -> dict[str, Any]:
     """The claims of a token signed by one of ``keys``, checked; ``now`` in Unix seconds."""
     key = keys.get(kid) if kid is not None else None
@@ -204,17 +221,17 @@ def verify(
             algorithms=[key.alg],
             audience=AUDIENCE,
             options={"require": ["exp", "ns"]},
-            leeway=LEEWAY,
+            leeway=leeway,
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("the token expired") from None
     except jwt.PyJWTError as exc:
         raise TokenError(f"the token is not valid: {exc}") from None
     exp = claims["exp"]
-    if not isinstance(exp, int | float) or exp - now > max_lifetime + LEEWAY:
+    if not isinstance(exp, int | float) or exp - now > max_lifetime + leeway:
         raise TokenError(f"the token lives longer than the {max_lifetime:g} s allowed")
     iat = claims.get("iat")
-    if isinstance(iat, int | float) and exp - iat > max_lifetime + LEEWAY:
+    if isinstance(iat, int | float) and exp - iat > max_lifetime + leeway:
         raise TokenError(f"the token lives longer than the {max_lifetime:g} s allowed")
     return claims
 

@@ -310,6 +310,8 @@ def _schedule(value: Any, errors: _Errors) -> list[float] | None:
 
 #: the most anyone may configure: sanity bounds, not defaults
 MAX_RATE = 1_000_000.0
+#: a request an hour: slower buckets would stay not-full (unforgettable) for ages
+MIN_RATE = 1 / 3600
 MAX_QUOTA = 1 << 62
 QUOTAS = ("maxJobs", "maxStoredBytes", "maxConcurrentStreams", "maxOutputBytes")
 RATE_LIMITS = ("namespace", "perKey", "statusPolls")
@@ -332,8 +334,8 @@ def _rate_limits(value: Any, errors: _Errors) -> dict[str, Any] | None:
             errors.add(pointer, 'must be {"rate": <per second>, "burst": <requests>}')
             continue
         rate, burst = entry["rate"], entry["burst"]
-        if not _number(rate) or not 0 < rate <= MAX_RATE:
-            errors.add(f"{pointer}/rate", f"must be a number above 0 and at most {MAX_RATE:g}")
+        if not _number(rate) or not MIN_RATE <= rate <= MAX_RATE:
+            errors.add(f"{pointer}/rate", f"must be a number from {MIN_RATE:g} to {MAX_RATE:g}")
         elif not _number(burst) or not 1 <= burst <= MAX_RATE:
             errors.add(f"{pointer}/burst", f"must be a number from 1 to {MAX_RATE:g}")
         else:

@@ -191,9 +191,11 @@ class World:
                     if state == "revoked":
                         key_id = made.json()["keyId"]
                         await self.call("DELETE", f"/api/v1/namespaces/{ns}/keys/{key_id}")
-            # the "gone" subscriber key is removed: the tokens it signs are revoked
+            # the "gone" subscriber key is removed (the tokens it signs are
+            # revoked); the service's own key is kept by naming it
+            keep = [{"kid": managed["kid"]}]
             await self.call(
-                "PUT", f"/api/v1/namespaces/{ns}", json={"webhookUrl": HOOK, "subscriberKeys": []}
+                "PUT", f"/api/v1/namespaces/{ns}", json={"webhookUrl": HOOK, "subscriberKeys": keep}
             )
         await asyncio.sleep(1.1)  # the keys made to expire have
 

@@ -485,8 +485,9 @@ async def test_stored_bytes_quota_and_output_size_quota() -> None:
 
         unsized = await client.put(f"{NS}/sec/jobs/b/output", content=chunked(), headers=producer)
         assert unsized.status_code == 411
+        await submit(client, keys["producer"], "c")
         sized = await client.put(
-            f"{NS}/sec/jobs/a/output",
+            f"{NS}/sec/jobs/c/output",
             content=b"z" * 10,
             headers={**producer, "content-length": "10"},
         )
@@ -674,3 +675,106 @@ async def test_a_flood_of_bad_keys_cannot_flood_the_audit_log() -> None:
         assert await store.list_audit("ghost", AuditQuery(limit=10)) == []
         metrics = (await client.get("/metrics")).text
         assert "aos_audit_suppressed_total 150.0" in metrics
+
+
+async def test_minted_tokens_live_no_longer_than_the_key_that_minted_them() -> None:
+    async with running_app() as client:
+        keys = await setup(client)
+        await submit(client, keys["producer"], "j1")
+        short = await client.post(
+            f"{NS}/sec/keys", json={"role": "consumer", "expiresIn": 60}, headers=ADMIN
+        )
+        minted = await client.post(
+            f"{NS}/sec/subscriber-tokens",
+            json={"ttl": "PT1H"},
+            headers=auth(short.json()["key"]),
+        )
+        assert minted.status_code == 201
+        claims = jwt.decode(minted.json()["token"], options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] <= 60, "capped at the key's expiry"
+        assert claims["mk"] == short.json()["keyId"]
+        # revoking the key revokes what it minted
+        token = minted.json()["token"]
+        assert (await client.get(f"{NS}/sec/jobs/j1", headers=auth(token))).status_code == 200
+        await client.delete(f"{NS}/sec/keys/{short.json()['keyId']}", headers=ADMIN)
+        refused = await client.get(f"{NS}/sec/jobs/j1", headers=auth(token))
+        assert refused.status_code == 401 and "minted" in refused.json()["detail"]
+
+
+async def test_the_service_key_is_kept_only_when_named_and_removing_it_revokes() -> None:
+    async with running_app() as client:
+        keys = await setup(client)
+        await submit(client, keys["producer"], "j1")
+        token = await mint(client, keys["producer"])
+        kid = (await client.get(f"{NS}/sec", headers=ADMIN)).json()["subscriberKeys"][0]["kid"]
+        kept = await client.put(f"{NS}/sec", json={"subscriberKeys": [{"kid": kid}]}, headers=ADMIN)
+        assert [k["kid"] for k in kept.json()["subscriberKeys"]] == [kid]
+        assert (await client.get(f"{NS}/sec/jobs/j1", headers=auth(token))).status_code == 200
+        unknown = await client.put(
+            f"{NS}/sec", json={"subscriberKeys": [{"kid": "aos-nope"}]}, headers=ADMIN
+        )
+        assert unknown.status_code == 422
+        dropped = await client.put(f"{NS}/sec", json={"subscriberKeys": []}, headers=ADMIN)
+        assert dropped.json()["subscriberKeys"] == []
+        assert (await client.get(f"{NS}/sec/jobs/j1", headers=auth(token))).status_code == 401
+        # the next mint makes a new service key
+        fresh = await mint(client, keys["producer"])
+        assert (await client.get(f"{NS}/sec/jobs/j1", headers=auth(fresh))).status_code == 200
+
+
+async def test_the_admin_token_and_malformed_keys_in_the_query_are_refused() -> None:
+    async with running_app() as client:
+        await setup(client)
+        for token in (ADMIN_TOKEN, "aos.sec.k1.secret", "not-a-jwt"):
+            refused = await client.get(f"{NS}/sec?access_token={token}")
+            assert refused.status_code == 401, token
+        assert (await client.get(f"{NS}/sec", headers=ADMIN)).status_code == 200
+
+
+async def test_a_refused_upload_reserves_nothing() -> None:
+    async with running_app() as client:
+        keys = await setup(client, quotas={"maxStoredBytes": 1000})
+        producer = {**auth(keys["producer"]), "content-type": "application/octet-stream"}
+        await submit(client, keys["producer"], "j1")
+        for _ in range(3):  # each refused for its own reason, none keeps bytes reserved
+            missing = await client.put(
+                f"{NS}/sec/jobs/nope/output", content=b"x" * 900, headers=producer
+            )
+            assert missing.status_code == 404
+            ahead = await client.put(
+                f"{NS}/sec/jobs/j1/output",
+                content=b"x" * 900,
+                headers={**producer, "x-chunk-index": "5"},
+            )
+            assert ahead.status_code == 409
+        fits = await client.put(f"{NS}/sec/jobs/j1/output", content=b"x" * 900, headers=producer)
+        assert fits.status_code == 201, fits.text
+
+
+async def test_only_root_shortens_audit_retention_and_null_means_the_default() -> None:
+    async with running_app() as client:
+        keys = await setup(client)
+        shorter = await client.put(
+            f"{NS}/sec", json={"auditRetention": 1}, headers=auth(keys["admin"])
+        )
+        assert shorter.status_code == 403
+        longer = await client.put(
+            f"{NS}/sec", json={"auditRetention": "P400D"}, headers=auth(keys["admin"])
+        )
+        assert longer.json()["auditRetention"] == 400 * 86_400
+        reset = await client.put(f"{NS}/sec", json={"auditRetention": None}, headers=ADMIN)
+        assert reset.json()["auditRetention"] is None
+        assert (
+            await client.put(f"{NS}/sec", json={"auditRetention": 1}, headers=ADMIN)
+        ).status_code == 200
+
+
+async def test_malformed_keys_cost_no_audit_entry_and_sealed_looking_secrets_are_422() -> None:
+    async with running_app() as client:
+        await setup(client)
+        long_id = f"aos.sec.{'k' * 6000}.x"
+        assert (await client.get(f"{NS}/sec/jobs", headers=auth(long_id))).status_code == 401
+        assert [e for e in await audit_log(client) if e["action"] == "auth.failure"] == []
+        sealed = {"kid": "k", "alg": "HS256", "secret": "enc:v1:" + "x" * 40}
+        response = await client.put(f"{NS}/sec", json={"subscriberKeys": [sealed]}, headers=ADMIN)
+        assert response.status_code == 422

@@ -5,10 +5,11 @@ in the query string receiving chunks as they are appended."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 
-from ..support import Tenant, sse_events
+from ..support import Server, Tenant, sse_events
 
 
 async def test_concurrent_streams_quota_counts_streams_and_long_polls(
@@ -65,3 +66,33 @@ async def test_a_browser_streams_with_a_token_in_the_query(client: httpx.AsyncCl
             if event.event == "end":
                 break
     assert chunks == ["part 0;", "part 1;", "part 2;"]
+
+
+async def test_a_stream_ends_when_its_token_expires(tmp_path: Path) -> None:
+    server = Server(f"sqlite:///{tmp_path}/aos.db", tmp_path, env={"AOS_TOKEN_LEEWAY": "0"}).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            await _stream_until_expiry(client)
+    finally:
+        server.stop()
+
+
+async def _stream_until_expiry(client: httpx.AsyncClient) -> None:
+    tenant = await Tenant(client, "expiring").setup()
+    await tenant.job("long")
+    minted = await client.post(
+        f"/api/v1/namespaces/{tenant.name}/subscriber-tokens",
+        json={"jobId": "long", "ttl": 2},
+        headers=tenant.headers("producer"),
+    )
+    token = minted.json()["token"]
+    url = f"/api/v1/namespaces/{tenant.name}/jobs/long/stream?access_token={token}"
+    started = asyncio.get_running_loop().time()
+    async with client.stream("GET", url) as response:
+        assert response.status_code == 200
+        async for _ in response.aiter_bytes():
+            pass  # the job never ends: only the token's expiry ends the stream
+    lasted = asyncio.get_running_loop().time() - started
+    assert 1.5 <= lasted <= 6, lasted
+    # and it cannot be reopened with the expired token
+    assert (await client.get(url)).status_code == 401
