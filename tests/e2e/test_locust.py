@@ -26,6 +26,7 @@ CHUNKS = 5
 CHUNK_BYTES = 100
 
 #: (method, name) of every request of the mix
+CANCEL = "/api/v1/namespaces/[ns]/jobs/[id]/cancel"
 MIX = {
     ("POST", "/api/v1/namespaces/[ns]/jobs"),  # submit
     ("POST", "/api/v1/namespaces/[ns]/jobs/[id]/output"),  # append
@@ -74,7 +75,8 @@ def test_locust_mix_runs_clean_and_leaves_finished_jobs(server: Server, tmp_path
         "--spawn-rate=6",
         "--run-time=8s",
         # let every user finish its task, so that no producer leaves a job Running
-        "--stop-timeout=10",
+        # (a slow machine may still take longer: those jobs are cancelled, see below)
+        "--stop-timeout=30",
         f"--host={server.url}",
         f"--csv={tmp_path / 'run'}",
         "--only-summary",
@@ -95,7 +97,10 @@ def test_locust_mix_runs_clean_and_leaves_finished_jobs(server: Server, tmp_path
     counts = {(row["Type"], row["Name"]): int(row["Request Count"]) for row in stats}
     missing = {request for request in MIX if counts.get(request, 0) < 1}
     assert not missing, f"never requested: {missing}\n{output[-5000:]}"
-    assert set(counts) - MIX == {("", "Aggregated")}, "only the mix's names"
+    # and the cancel of a job a stop interrupted all the same (a slow machine)
+    extra = set(counts) - MIX - {("", "Aggregated")}
+    assert extra <= {("POST", CANCEL)}, f"only the mix's names: {extra}"
+    cancels = counts.get(("POST", CANCEL), 0)
     sizes = {row["Name"]: float(row["Average Content Size"]) for row in stats if row["Type"]}
     assert sizes["/api/v1/namespaces/[ns]/jobs/[id]/stream"] > 0, "stream bytes are counted"
 
@@ -107,7 +112,11 @@ def test_locust_mix_runs_clean_and_leaves_finished_jobs(server: Server, tmp_path
         # Locust rewrites the CSV files every second and not at the end, so the
         # last second's requests may be missing from them.
         assert len(jobs) >= max(2, counts[("POST", "/api/v1/namespaces/[ns]/jobs")])
+        interrupted = [job for job in jobs if job["status"] == "Cancelled"]
+        assert len(interrupted) <= cancels, interrupted
         for job in jobs:
+            if job in interrupted:
+                continue
             job_id = job["jobId"]
             assert (job["status"], job["progress"]) == ("Succeeded", 100), job
             assert job["metadata"]["title"] == f"Load test job {job_id}"
