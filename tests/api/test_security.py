@@ -94,11 +94,11 @@ async def test_an_expired_key_stops_working() -> None:
     async with running_app() as client:
         await setup(client)
         made = await client.post(
-            f"{NS}/sec/keys", json={"role": "consumer", "expiresIn": 1}, headers=ADMIN
+            f"{NS}/sec/keys", json={"role": "consumer", "expiresIn": 2}, headers=ADMIN
         )
         token = made.json()["key"]
         assert (await client.get(f"{NS}/sec/jobs", headers=auth(token))).status_code == 200
-        await asyncio.sleep(1.1)  # it was cached as valid: the expiry still applies
+        await asyncio.sleep(2.1)  # it was cached as valid: the expiry still applies
         refused = await client.get(f"{NS}/sec/jobs", headers=auth(token))
         assert refused.status_code == 401 and "expired" in refused.json()["detail"]
 
@@ -134,14 +134,14 @@ async def test_rotation_keeps_the_old_key_for_the_grace_period() -> None:
         listed = (await client.get(f"{NS}/sec/keys", headers=ADMIN)).json()["items"]
         producer = next(k for k in listed if k["role"] == "producer")
         rotated = await client.post(
-            f"{NS}/sec/keys/{producer['keyId']}/rotate", json={"gracePeriod": 1}, headers=ADMIN
+            f"{NS}/sec/keys/{producer['keyId']}/rotate", json={"gracePeriod": 2}, headers=ADMIN
         )
         assert rotated.status_code == 201
         new = rotated.json()
         assert new["role"] == "producer" and new["keyId"] != producer["keyId"]
         assert (await submit(client, new["key"], "by-new")).status_code == 201
         assert (await submit(client, keys["producer"], "by-old")).status_code == 201
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(2.1)
         assert (await submit(client, keys["producer"], "too-late")).status_code == 401
         old = await client.get(f"{NS}/sec/keys/{producer['keyId']}", headers=ADMIN)
         assert old.json()["state"] == "expired"
@@ -607,10 +607,10 @@ async def test_audit_pages_filters_and_is_admin_only() -> None:
 async def test_audit_retention_hides_and_purges_old_entries() -> None:
     store = adapter_for("memory://")
     async with running_app(store, janitor=False) as client:
-        keys = await setup(client, auditRetention=1)
+        keys = await setup(client, auditRetention=3)  # (room for a slow machine)
         await submit(client, keys["producer"], "old")
         assert len(await audit_log(client)) == 5
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(3.1)
         await client.put(f"{NS}/sec", json={"auditRetention": "P1D"}, headers=ADMIN)
         await submit(client, keys["producer"], "new")
         entries = await audit_log(client)
