@@ -296,10 +296,13 @@ SCHEMAS: dict[str, Any] = {
             "subscriberKeys": {
                 "type": ["array", "null"],
                 "maxItems": 20,
-                "description": "Keys that sign subscriber tokens (omitted: kept as they are)",
+                "description": (
+                    "Keys that sign subscriber tokens (omitted: kept as they are; given: they "
+                    "replace all, the service's own aos-… key too unless listed as {kid} alone)"
+                ),
                 "items": {
                     "type": "object",
-                    "required": ["kid", "alg"],
+                    "required": ["kid"],
                     "additionalProperties": False,
                     "properties": {
                         "kid": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
