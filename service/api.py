@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from .cluster import route_to_owner
 from .hub import Hub
 from .ids import valid_job_id, valid_key_id, valid_namespace
 from .jobs import JobService
-from .limits import Limits
+from .limits import Limits, nothing_reserved
 from .metrics import Metrics
 from .namespaces import NamespaceDirectory, merged_config
 from .problems import Problem
@@ -236,7 +237,7 @@ async def create_job(request: Request) -> Response:
         # at the quota, a retry of a job that exists still gets its 200
         if new_job.job_id is None or await state.jobs.find(namespace, new_job.job_id) is None:
             raise
-        account = _nothing
+        account = nothing_reserved
     try:
         job, created = await state.jobs.create(record, new_job)
     except BaseException:
@@ -247,10 +248,6 @@ async def create_job(request: Request) -> Response:
         audit(request, namespace, "job.submit", job.job_id)
     headers = {"Location": job_location(namespace, job.job_id), "ETag": job_etag(job)}
     return JSONResponse(job_view(job), status_code=201 if created else 200, headers=headers)
-
-
-def _nothing(stored: bool) -> None:
-    pass
 
 
 async def list_jobs(request: Request) -> Response:
@@ -561,7 +558,7 @@ async def rotate_key(request: Request) -> Response:
     ``gracePeriod`` (default an hour), then expires."""
     state, name, old = await _key_of(request)
     body = await validation.read_json(request, state.settings.max_body_bytes, allow_empty=True)
-    grace = validation.parse_rotation(body)
+    grace = math.ceil(validation.parse_grace_period(body, default=3600))
     now = now_us()
     if old.state(now) != "active":
         raise Problem("conflict", f"key {old.key_id!r} is {old.state(now)}; create a new key")

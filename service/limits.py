@@ -39,7 +39,7 @@ from storage_adapters import StorageAdapter
 from .metrics import Metrics
 from .problems import Problem
 
-__all__ = ["Limits", "Rate", "TokenBuckets"]
+__all__ = ["Limits", "Rate", "TokenBuckets", "nothing_reserved"]
 
 #: wait suggested to a client over a quota that frees up as jobs expire
 _QUOTA_RETRY = 60
@@ -229,7 +229,7 @@ class Limits:
         when it was not created after all."""
         quota = _quota(config, "maxJobs")
         if quota is None:
-            return _nothing
+            return nothing_reserved
         usage = await self._usage_of(namespace)
         if usage.jobs + usage.pending_jobs >= quota:
             raise _limited(
@@ -256,7 +256,7 @@ class Limits:
         that to the bytes as stored (compressed)."""
         quota = _quota(config, "maxStoredBytes")
         if quota is None:
-            return _nothing
+            return nothing_reserved
         usage = await self._usage_of(namespace)
         if usage.stored_bytes + usage.pending_bytes + size > quota:
             raise _limited(
@@ -298,7 +298,7 @@ class Limits:
         returns its release (call it once)."""
         quota = _quota(config, "maxConcurrentStreams")
         if quota is None:
-            return _release_nothing
+            return nothing_reserved
         open_now = self._streams.get(namespace, 0)
         if open_now >= quota:
             raise _limited(
@@ -319,12 +319,8 @@ class Limits:
         return release
 
 
-def _nothing(stored: bool = False) -> None:
-    pass
-
-
-def _release_nothing() -> None:
-    pass
+def nothing_reserved(*_: object) -> None:
+    """The settlement (or release) of a reservation no quota asked for."""
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:

@@ -40,11 +40,11 @@ __all__ = [
     "is_int64",
     "parse_audit_query",
     "parse_chunk_index",
+    "parse_grace_period",
     "parse_key_request",
     "parse_list_query",
     "parse_namespace_config",
     "parse_new_job",
-    "parse_rotation",
     "parse_status_patch",
     "parse_token_request",
     "read_body",
@@ -485,20 +485,24 @@ def parse_key_request(body: Mapping[str, Any], now: int) -> tuple[Role, str | No
     return role, name, expires_at
 
 
-def parse_rotation(body: Mapping[str, Any]) -> int:
-    """The grace period (seconds) of ``POST …/keys/{keyId}/rotate``: how long
-    the old key keeps working. Default one hour; 0 ends it at once."""
+#: the longest a rotated key or signing secret keeps working
+MAX_GRACE = 30 * 86_400
+
+
+def parse_grace_period(body: Mapping[str, Any], default: float) -> float:
+    """The ``{"gracePeriod"}`` body of a rotation (keys, webhook secrets): how
+    long (seconds) the old one keeps working; 0 ends it at once."""
     errors = _Errors()
     _unknown_fields(body, {"gracePeriod"}, errors)
     raw = body.get("gracePeriod")
-    grace = 3600
+    grace = default
     if raw is not None:
         try:
-            grace = math.ceil(parse_duration(raw))
+            grace = parse_duration(raw)
         except ValueError as exc:
             errors.add("/gracePeriod", str(exc))
         else:
-            if not 0 <= grace <= 30 * 86_400:
+            if not 0 <= grace <= MAX_GRACE:
                 errors.add("/gracePeriod", "must be from 0 to 30 days")
     errors.raise_if_any()
     return grace

@@ -23,7 +23,6 @@ from . import validation
 from .api import AppState, JSONResponse, audit, job_call, namespace_call
 from .auth import Action
 from .clock import now_us, parse_timestamp, render_timestamp
-from .durations import parse_duration
 from .namespaces import rotated_config
 from .problems import Problem
 from .views import namespace_view
@@ -40,7 +39,6 @@ __all__ = [
 
 _REPLAY_LIMIT = 100_000  # deliveries one bulk replay requeues at most
 _DELIVERY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # "msg_" and a ULID, leniently
-_MAX_SECRET_GRACE = 30 * 86_400  # seconds old signing secrets may keep signing
 
 
 def delivery_view(d: DeliveryRecord) -> dict[str, Any]:
@@ -218,31 +216,7 @@ async def replay_deliveries(request: Request) -> Response:
 async def rotate_secret(request: Request) -> Response:
     state, name = await namespace_call(request, Action.ADMIN)
     body = await validation.read_json(request, state.settings.max_body_bytes, allow_empty=True)
-    grace = state.settings.webhook_secret_grace
-    if set(body) - {"gracePeriod"}:
-        raise Problem(
-            "validation-failed",
-            "the only field is gracePeriod",
-            errors=[
-                {"pointer": f"/{k}", "detail": "unknown field"}
-                for k in sorted(set(body) - {"gracePeriod"})
-            ],
-        )
-    if "gracePeriod" in body:
-        try:
-            grace = parse_duration(body["gracePeriod"])
-        except ValueError as exc:
-            raise Problem(
-                "validation-failed",
-                str(exc),
-                errors=[{"pointer": "/gracePeriod", "detail": str(exc)}],
-            ) from None
-        if grace > _MAX_SECRET_GRACE:  # unbounded, the expiry could pass any date
-            raise Problem(
-                "validation-failed",
-                "gracePeriod must be at most 30 days",
-                errors=[{"pointer": "/gracePeriod", "detail": "must be at most 30 days"}],
-            )
+    grace = validation.parse_grace_period(body, default=state.settings.webhook_secret_grace)
     record = await state.store.get_namespace(name)
     if record is None:
         raise Problem("namespace-not-found", f"namespace {name!r} does not exist")

@@ -61,6 +61,7 @@ from .sql import (
     AUDIT_COLUMNS,
     EVENT_COLUMNS,
     KEY_COLUMNS,
+    NAMESPACE_COLUMNS,
     Params,
     audit_from_row,
     audit_rows,
@@ -72,6 +73,8 @@ from .sql import (
     list_audit_sql,
     list_deliveries_sql,
     list_jobs_sql,
+    list_namespaces_sql,
+    namespace_from_row,
     outbox_stats_sql,
     update_key_sql,
 )
@@ -559,12 +562,9 @@ class PostgreSQLAdapter(StorageAdapter):
 
     async def _get_namespace(self, name: str) -> NamespaceRecord | None:
         rows = await self._fetch(
-            "SELECT config, created_at, updated_at FROM namespaces WHERE name = $1", name
+            f"SELECT {NAMESPACE_COLUMNS} FROM namespaces WHERE name = $1", name
         )
-        if not rows:
-            return None
-        config, created_at, updated_at = rows[0]
-        return NamespaceRecord(name, loads(config), created_at, updated_at)
+        return namespace_from_row(rows[0]) if rows else None
 
     async def _create_key(self, key: KeyRecord) -> None:
         row = key_row(key)
@@ -587,13 +587,8 @@ class PostgreSQLAdapter(StorageAdapter):
 
     async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
         params = Params("numeric")
-        where = "" if after is None else f"WHERE name > {params(after)} "
-        rows = await self._fetch(
-            f"SELECT name, config, created_at, updated_at FROM namespaces {where}"
-            f"ORDER BY name LIMIT {params(limit)}",
-            *params.values,
-        )
-        return [NamespaceRecord(row[0], loads(row[1]), row[2], row[3]) for row in rows]
+        rows = await self._fetch(list_namespaces_sql(after, limit, params), *params.values)
+        return [namespace_from_row(row) for row in rows]
 
     async def _list_keys(self, namespace: str) -> list[KeyRecord]:
         rows = await self._fetch(

@@ -22,6 +22,7 @@ from .records import (
     JobQuery,
     JobRecord,
     KeyRecord,
+    NamespaceRecord,
     audit_from_doc,
     audit_to_doc,
     dumps,
@@ -32,6 +33,7 @@ __all__ = [
     "AUDIT_COLUMNS",
     "EVENT_COLUMNS",
     "KEY_COLUMNS",
+    "NAMESPACE_COLUMNS",
     "Params",
     "audit_from_row",
     "audit_rows",
@@ -44,6 +46,8 @@ __all__ = [
     "list_audit_sql",
     "list_deliveries_sql",
     "list_jobs_sql",
+    "list_namespaces_sql",
+    "namespace_from_row",
     "outbox_stats_sql",
     "update_key_sql",
 ]
@@ -159,6 +163,20 @@ def update_key_sql(
         f"UPDATE api_keys SET {assignments} "
         f"WHERE namespace = {params(namespace)} AND key_id = {params(key_id)}"
     )
+
+
+NAMESPACE_COLUMNS = "name, config, created_at, updated_at"
+
+
+def namespace_from_row(row: Iterable[Any]) -> NamespaceRecord:
+    name, config, created_at, updated_at = row
+    return NamespaceRecord(name, loads(config), created_at, updated_at)
+
+
+def list_namespaces_sql(after: str | None, limit: int, params: Params) -> str:
+    """Namespaces in name order after ``after`` (exclusive), at most ``limit``."""
+    where = "" if after is None else f"WHERE name > {params(after)} "
+    return f"SELECT {NAMESPACE_COLUMNS} FROM namespaces {where}ORDER BY name LIMIT {params(limit)}"
 
 
 def audit_rows(entries: Sequence[AuditRecord]) -> list[tuple[Any, ...]]:

@@ -72,6 +72,7 @@ from .sql import (
     AUDIT_COLUMNS,
     EVENT_COLUMNS,
     KEY_COLUMNS,
+    NAMESPACE_COLUMNS,
     Params,
     audit_from_row,
     audit_rows,
@@ -84,6 +85,8 @@ from .sql import (
     list_audit_sql,
     list_deliveries_sql,
     list_jobs_sql,
+    list_namespaces_sql,
+    namespace_from_row,
     outbox_stats_sql,
     update_key_sql,
 )
@@ -500,13 +503,9 @@ class SQLiteAdapter(StorageAdapter):
 
     async def _get_namespace(self, name: str) -> NamespaceRecord | None:
         row = await self._point_read(
-            "SELECT config, created_at, updated_at FROM namespaces WHERE name = ?", (name,)
+            f"SELECT {NAMESPACE_COLUMNS} FROM namespaces WHERE name = ?", (name,)
         )
-        if row is None:
-            return None
-        return NamespaceRecord(
-            name=name, config=loads(row[0]), created_at=row[1], updated_at=row[2]
-        )
+        return namespace_from_row(row) if row is not None else None
 
     async def _create_key(self, key: KeyRecord) -> None:
         row = key_row(key)
@@ -531,13 +530,8 @@ class SQLiteAdapter(StorageAdapter):
 
     async def _list_namespaces(self, after: str | None, limit: int) -> list[NamespaceRecord]:
         params = Params("qmark")
-        where = "" if after is None else f"WHERE name > {params(after)} "
-        rows = await self._read(
-            f"SELECT name, config, created_at, updated_at FROM namespaces {where}"
-            f"ORDER BY name LIMIT {params(limit)}",
-            params.values,
-        )
-        return [NamespaceRecord(row[0], loads(row[1]), row[2], row[3]) for row in rows]
+        rows = await self._read(list_namespaces_sql(after, limit, params), params.values)
+        return [namespace_from_row(row) for row in rows]
 
     async def _list_keys(self, namespace: str) -> list[KeyRecord]:
         rows = await self._read(

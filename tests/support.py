@@ -131,6 +131,17 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[SSEEvent]:
             last_id = value
 
 
+async def chunk_data(response: httpx.Response) -> list[str]:
+    """The ``data`` of every ``chunk`` event of an SSE response, up to ``end``."""
+    found = []
+    async for event in sse_events(response):
+        if event.event == "chunk":
+            found.append(event.json()["data"])
+        elif event.event == "end":
+            break
+    return found
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -27,7 +27,7 @@ from service.crypto import load_data_keys
 from service.namespaces import rewrap_namespaces
 from storage_adapters import StorageAdapter, adapter_for
 
-from ..support import ADMIN_TOKEN, auth, sse_events
+from ..support import ADMIN_TOKEN, auth, chunk_data
 
 CHUNK = 16 * 1024
 TEXT = b"".join(b"%06d confidential line of output\n" % i for i in range(8000))
@@ -86,11 +86,8 @@ async def read_back(client: httpx.AsyncClient) -> None:
     # the job that was written in clear, then encrypted
     mixed = await client.get("/api/v1/jobs/mixed/output", headers=HEADERS)
     assert mixed.json()["output"] == (MARKER + MARKER).decode()
-    streamed = []
     async with client.stream("GET", "/api/v1/jobs/mixed/stream", headers=HEADERS) as r:
-        async for event in sse_events(r):
-            if event.event == "chunk":
-                streamed.append(event.json()["data"])
+        streamed = await chunk_data(r)
     assert "".join(streamed).encode() == MARKER + MARKER
 
 

@@ -25,7 +25,7 @@ from webhooks import verify
 
 from ..receiver import Receiver
 from ..stores import STORES, fetch_sql
-from ..support import ADMIN_TOKEN, Server, Tenant, aos_executable, auth, sse_events
+from ..support import ADMIN_TOKEN, Server, Tenant, aos_executable, auth, chunk_data
 
 CHUNK = 64 * 1024
 TEXT = "".join(f"{i:07d} héllo wörld ✓ — private line\n" for i in range(12_000)).encode()
@@ -131,13 +131,8 @@ async def read_back(tenant: Tenant) -> None:
     small = await tenant.client.get("/api/v1/jobs/small/output", headers=consumer)
     assert small.json()["output"] == MARKER.decode()
     # the SSE replay of a whole job
-    streamed = []
     async with tenant.client.stream("GET", "/api/v1/jobs/big/stream", headers=consumer) as r:
-        async for event in sse_events(r):
-            if event.event == "chunk":
-                streamed.append(event.json()["data"])
-            if event.event == "end":
-                break
+        streamed = await chunk_data(r)
     assert "".join(streamed).encode() == TEXT
 
 

@@ -25,7 +25,7 @@ import zstandard
 from storage_adapters import StorageAdapter, adapter_for
 
 from ..stores import overwrite_event_data
-from ..support import Server, Tenant, sse_events
+from ..support import Server, Tenant, chunk_data, sse_events
 
 CHUNK = 64 * 1024
 ENV = {
@@ -172,15 +172,10 @@ async def test_upload_then_download_with_ranges_digests_and_zstd(tenant: Tenant)
     assert as_json.json()["output"] == TEXT.decode()
     assert as_json.json()["sha256"] == stored["sha256"]
     await tenant.patch("big", status="Succeeded")
-    streamed = []
     async with tenant.client.stream(
         "GET", "/api/v1/jobs/big/stream", headers=tenant.headers("consumer")
     ) as r:
-        async for event in sse_events(r):
-            if event.event == "chunk":
-                streamed.append(event.json()["data"])
-            if event.event == "end":
-                break
+        streamed = await chunk_data(r)
     assert "".join(streamed).encode() == TEXT
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from ..support import Server, Tenant, sse_events
+from ..support import Server, Tenant, chunk_data
 
 
 async def test_concurrent_streams_quota_counts_streams_and_long_polls(
@@ -55,16 +55,10 @@ async def test_a_browser_streams_with_a_token_in_the_query(client: httpx.AsyncCl
     url = f"/api/v1/namespaces/{tenant.name}/jobs/live/stream?access_token={token}"
     async with client.stream("GET", url) as response:  # no Authorization header at all
         assert response.status_code == 200
-        events = sse_events(response)
         for n in range(3):
             assert (await tenant.append("live", f"part {n};")).status_code == 201
         await tenant.patch("live", status="Succeeded")
-        chunks = []
-        async for event in events:
-            if event.event == "chunk":
-                chunks.append(event.json()["data"])
-            if event.event == "end":
-                break
+        chunks = await chunk_data(response)
     assert chunks == ["part 0;", "part 1;", "part 2;"]
 
 

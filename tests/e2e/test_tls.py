@@ -4,8 +4,6 @@ the logs of a real ``aos serve``."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -17,55 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from ..certs import Certificate, self_signed
 from ..receiver import Received, Receiver, Reply
 from ..support import ADMIN_TOKEN, Server, Tenant, aos_executable, auth, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Pair:
-    cert: Path
-    key: Path
-
-
-def _pair(directory: Path, name: str) -> Pair:
-    """A self-signed certificate for ``localhost`` and 127.0.0.1, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return pair
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -78,14 +33,14 @@ def _env(**extra: str) -> dict[str, str]:
     }
 
 
-def _client_context(pair: Pair) -> ssl.SSLContext:
+def _client_context(pair: Certificate) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pair.cert))
 
 
 @dataclass
 class TLSServer:
     port: int
-    pair: Pair
+    pair: Certificate
     process: subprocess.Popen[bytes]
 
     @property
@@ -96,7 +51,7 @@ class TLSServer:
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
     workdir = tmp_path_factory.mktemp("aos-tls")
-    pair = _pair(workdir, "server")
+    pair = self_signed(workdir, "server")
     port = free_port()
     log = workdir / "aos.log"
     with open(log, "wb") as out:
@@ -180,7 +135,7 @@ def _serve_fails(tmp_path: Path, *args: str, **env: str) -> subprocess.Completed
 
 
 def test_a_bad_certificate_or_key_stops_the_process_at_start(tmp_path: Path) -> None:
-    a, b = _pair(tmp_path, "a"), _pair(tmp_path, "b")
+    a, b = self_signed(tmp_path, "a"), self_signed(tmp_path, "b")
     mismatched = _serve_fails(tmp_path, "--tls-cert", str(a.cert), "--tls-key", str(b.key))
     assert mismatched.returncode == 2
     assert "the key does not belong to the certificate" in mismatched.stderr

@@ -275,9 +275,20 @@ async def test_a_delete_cut_short_is_finished(store: MongoDBAdapter, url: str) -
     assert len(await raw(url, "events", {"j": "job"})) == 1
 
 
-async def test_a_stale_lock_is_taken_over(store: MongoDBAdapter, url: str) -> None:
-    if not store.guarded:
-        pytest.skip("locks are used in guard mode only")
+@pytest.fixture
+async def guarded(url: str) -> AsyncIterator[MongoDBAdapter]:
+    """The store in guard mode, whatever the server (locks exist only there)."""
+    opened = adapter(f"{url}{'&' if '?' in url else '?'}guard=true")
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_a_stale_lock_is_taken_over(guarded: MongoDBAdapter, url: str) -> None:
+    store = guarded
+    assert store.guarded
     change = new("job")
     await store.create_job(change.job, change.events)
     if store._background:  # the clear after the write takes the lock too

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import io
 import logging
 import ssl
@@ -10,10 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from service.logs import JsonFormatter, log_event, redact, register_secrets
@@ -25,6 +21,7 @@ from sharding import forward
 from storage_adapters import ConfigurationError
 
 from ..api.conftest import running_app
+from ..certs import self_signed
 from ..support import ADMIN_TOKEN, auth
 
 SECURE = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
@@ -148,32 +145,6 @@ def test_a_forwarded_response_does_not_carry_the_owners_secure_headers_twice() -
 # -- settings and the TLS context ----------------------------------------------
 
 
-def _certificate(directory: Path, name: str) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path, key
-
-
 def test_tls_cert_and_key_go_together() -> None:
     for env in ({"AOS_TLS_CERT": "/c.pem"}, {"AOS_TLS_KEY": "/k.pem"}):
         with pytest.raises(ConfigurationError, match="AOS_TLS_CERT and AOS_TLS_KEY"):
@@ -200,15 +171,17 @@ def test_https_peers_and_tls_in_a_cluster_are_refused() -> None:
 
 
 def test_the_server_context_requires_tls_1_3(tmp_path: Path) -> None:
-    cert, key, _ = _certificate(tmp_path, "good")
+    good = self_signed(tmp_path, "good")
+    cert, key = good.cert, good.key
     context = server_context(str(cert), str(key))
     assert context.minimum_version is ssl.TLSVersion.TLSv1_3
     assert context.verify_mode is ssl.CERT_NONE  # clients are not asked for certificates
 
 
 def test_a_bad_certificate_or_key_is_a_clear_configuration_error(tmp_path: Path) -> None:
-    cert, key, private = _certificate(tmp_path, "a")
-    other_cert, other_key, _ = _certificate(tmp_path, "b")
+    a, b = self_signed(tmp_path, "a"), self_signed(tmp_path, "b")
+    cert, key, private = a.cert, a.key, a.private
+    other_cert, other_key = b.cert, b.key
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     encrypted = tmp_path / "encrypted.key"
